@@ -1,0 +1,498 @@
+//! Stream reassembly (spec §2): turns the bytes of one TCP direction into frames.
+//!
+//! The algorithm is the one Veltix 3.x runs, byte for byte:
+//!
+//! * nothing is examined until 15 bytes are buffered;
+//! * bytes that do not start with `VX` are skipped up to the next `VX`
+//!   (searched from offset 1; when none is found the whole buffer goes);
+//! * a header announcing a frame longer than `max_message_size` (header
+//!   included) is skipped the same way, without waiting for its payload;
+//! * a frame whose CRC does not match is skipped the same way;
+//! * a frame with a type the receiver does not accept is dropped whole;
+//! * a chunk that would push the buffer past `max_buffer_size` clears the
+//!   buffer and is itself discarded.
+//!
+//! The CRC is checked **before** the type (the order of Veltix's compiled
+//! engine; the pure-Python engine checks the type first, which trusts a
+//! corrupt header's length). Every skipped run is reported as a
+//! [`Discard`] and counted in [`DecoderStats`]; nothing panics, and the buffer
+//! never holds more than `max_buffer_size` bytes.
+//!
+//! ```
+//! use veltix_proto::{Decoded, Decoder, DecoderConfig, Frame, MessageType};
+//! let mut wire = b"junk".to_vec();
+//! Frame::new(MessageType::new(200), 7, &b"hi"[..]).encode(&mut wire).unwrap();
+//!
+//! let mut dec = Decoder::new(DecoderConfig::default());
+//! dec.push(&wire);
+//! match dec.next_frame() {
+//!     Some(Decoded::Discarded(d)) => assert_eq!(d.bytes, 4), // the junk
+//!     other => panic!("{other:?}"),
+//! }
+//! match dec.next_frame() {
+//!     Some(Decoded::Frame(f)) => assert_eq!(&f.payload[..], b"hi"),
+//!     other => panic!("{other:?}"),
+//! }
+//! assert!(dec.next_frame().is_none());
+//! ```
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+
+use crate::frame::{Frame, Header, MessageType, DEFAULT_MAX_MESSAGE_SIZE, HEADER_LEN, MAGIC};
+
+/// Default cap on the receive buffer: 20 MiB (Veltix's fixed value).
+pub const DEFAULT_MAX_BUFFER_SIZE: usize = 20 * 1024 * 1024;
+
+/// Receiver-side limits and policy.
+#[derive(Debug, Clone)]
+pub struct DecoderConfig {
+    /// Largest acceptable frame, **header included** (default 10 MiB).
+    pub max_message_size: usize,
+    /// Cap on buffered, not yet decoded bytes (default 20 MiB).
+    pub max_buffer_size: usize,
+    /// In strict mode the first corruption (bad magic, oversize, CRC,
+    /// overflow) stops the decoder instead of resynchronising; see
+    /// [`Decoder::is_failed`]. Unknown types are not corruption.
+    pub strict: bool,
+    /// Types to deliver; frames of any other type are dropped whole, as Veltix
+    /// drops unregistered types. `None` (the default) accepts every type.
+    pub accepted_types: Option<Arc<TypeSet>>,
+}
+
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig {
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_buffer_size: DEFAULT_MAX_BUFFER_SIZE,
+            strict: false,
+            accepted_types: None,
+        }
+    }
+}
+
+/// A set of message types, 8 KiB, meant to be shared between connections
+/// through an `Arc`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TypeSet {
+    bits: Box<[u64; 1024]>,
+}
+
+impl std::fmt::Debug for TypeSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries((0..=u16::MAX).filter(|&c| self.contains(MessageType(c))))
+            .finish()
+    }
+}
+
+impl TypeSet {
+    /// The empty set.
+    pub fn new() -> Self {
+        TypeSet {
+            bits: Box::new([0; 1024]),
+        }
+    }
+    /// Adds a type; PING and PONG should normally be members.
+    pub fn insert(&mut self, t: MessageType) {
+        self.bits[usize::from(t.0 >> 6)] |= 1 << (t.0 & 63);
+    }
+    /// Whether `t` is in the set.
+    #[inline]
+    pub fn contains(&self, t: MessageType) -> bool {
+        self.bits[usize::from(t.0 >> 6)] & (1 << (t.0 & 63)) != 0
+    }
+}
+
+impl Default for TypeSet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FromIterator<MessageType> for TypeSet {
+    fn from_iter<I: IntoIterator<Item = MessageType>>(iter: I) -> Self {
+        let mut s = TypeSet::new();
+        for t in iter {
+            s.insert(t);
+        }
+        s
+    }
+}
+
+/// Why bytes were discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscardReason {
+    /// The buffer did not start with `VX`; bytes up to the next `VX` went.
+    BadMagic,
+    /// A header announced a frame of `declared` bytes (header included),
+    /// more than `max_message_size`.
+    Oversize {
+        /// Announced total frame length.
+        declared: u64,
+    },
+    /// The payload's CRC-32 did not match the header.
+    CrcMismatch {
+        /// CRC in the header.
+        expected: u32,
+        /// CRC of the received payload.
+        actual: u32,
+    },
+    /// A well-formed frame of a type this receiver does not accept.
+    UnknownType(MessageType),
+    /// A chunk would have pushed the buffer past `max_buffer_size`: the buffer
+    /// and the chunk were both discarded.
+    BufferOverflow,
+}
+
+impl DiscardReason {
+    /// Whether this is corruption (everything except an unknown type).
+    pub fn is_corruption(&self) -> bool {
+        !matches!(self, DiscardReason::UnknownType(_))
+    }
+}
+
+/// A counted drop: `bytes` bytes of input were thrown away for `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Discard {
+    /// Why.
+    pub reason: DiscardReason,
+    /// How many bytes of input were dropped.
+    pub bytes: usize,
+}
+
+/// Counters of everything the decoder did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecoderStats {
+    /// Frames delivered.
+    pub frames: u64,
+    /// Bytes delivered as frames (headers included).
+    pub frame_bytes: u64,
+    /// Discards for a missing magic.
+    pub bad_magic: u64,
+    /// Discards for an oversize header.
+    pub oversize: u64,
+    /// Discards for a CRC mismatch.
+    pub crc_mismatch: u64,
+    /// Frames dropped for an unaccepted type.
+    pub unknown_type: u64,
+    /// Buffer overflows.
+    pub overflow: u64,
+    /// Total bytes discarded, all reasons.
+    pub discarded_bytes: u64,
+}
+
+impl DecoderStats {
+    fn count(&mut self, d: &Discard) {
+        self.discarded_bytes += d.bytes as u64;
+        match d.reason {
+            DiscardReason::BadMagic => self.bad_magic += 1,
+            DiscardReason::Oversize { .. } => self.oversize += 1,
+            DiscardReason::CrcMismatch { .. } => self.crc_mismatch += 1,
+            DiscardReason::UnknownType(_) => self.unknown_type += 1,
+            DiscardReason::BufferOverflow => self.overflow += 1,
+        }
+    }
+}
+
+/// One step of decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// A complete, intact frame of an accepted type.
+    Frame(Frame),
+    /// Bytes that were dropped, and why.
+    Discarded(Discard),
+}
+
+/// The receive side of one connection direction.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: BytesMut,
+    config: DecoderConfig,
+    /// A discard decided in `push` (overflow), reported by the next `next_frame`.
+    pending: Option<Discard>,
+    failed: bool,
+    stats: DecoderStats,
+}
+
+impl Decoder {
+    /// An empty decoder; it allocates nothing until the first input.
+    pub fn new(config: DecoderConfig) -> Self {
+        Decoder {
+            buf: BytesMut::new(),
+            config,
+            pending: None,
+            failed: false,
+            stats: DecoderStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    /// Bytes buffered and not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &DecoderStats {
+        &self.stats
+    }
+
+    /// In strict mode: whether a corruption was seen (the decoder then
+    /// ignores all further input).
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Appends received bytes (one copy into the receive buffer). Call
+    /// [`next_frame`](Self::next_frame) until it returns `None` after each push to get
+    /// Veltix's exact results.
+    pub fn push(&mut self, chunk: &[u8]) {
+        if self.failed || chunk.is_empty() {
+            return;
+        }
+        if self.overflows(chunk.len()) {
+            return;
+        }
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Appends received bytes, taking ownership: when nothing is buffered the
+    /// chunk becomes the buffer, so no byte is copied.
+    pub fn push_bytes(&mut self, chunk: BytesMut) {
+        if self.failed || chunk.is_empty() {
+            return;
+        }
+        if self.overflows(chunk.len()) {
+            return;
+        }
+        if self.buf.is_empty() {
+            self.buf = chunk;
+        } else {
+            self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    fn overflows(&mut self, incoming: usize) -> bool {
+        if self.buf.len().saturating_add(incoming) <= self.config.max_buffer_size {
+            return false;
+        }
+        let d = Discard {
+            reason: DiscardReason::BufferOverflow,
+            bytes: self.buf.len() + incoming,
+        };
+        self.buf = BytesMut::new();
+        self.record(d);
+        true
+    }
+
+    fn record(&mut self, d: Discard) {
+        self.stats.count(&d);
+        if self.config.strict && d.reason.is_corruption() {
+            self.failed = true;
+            self.buf = BytesMut::new();
+        }
+        // Two overflows in a row without a `next_frame` in between merge.
+        self.pending = Some(match self.pending.take() {
+            Some(p) if p.reason == d.reason => Discard {
+                reason: d.reason,
+                bytes: p.bytes + d.bytes,
+            },
+            Some(p) => p, // counted already; keep the first one for reporting
+            None => d,
+        });
+    }
+
+    /// Skips to the next `VX` after offset 0, or clears the buffer.
+    fn resync(&mut self, reason: DiscardReason) -> Discard {
+        let skip = find_magic(&self.buf[1..]).map_or(self.buf.len(), |i| i + 1);
+        self.buf.advance(skip);
+        let d = Discard {
+            reason,
+            bytes: skip,
+        };
+        self.stats.count(&d);
+        if self.config.strict {
+            self.failed = true;
+            self.buf = BytesMut::new();
+        }
+        d
+    }
+
+    /// Decodes the next frame or discard, or `None` when more input is needed.
+    #[inline]
+    pub fn next_frame(&mut self) -> Option<Decoded> {
+        if let Some(d) = self.pending.take() {
+            return Some(Decoded::Discarded(d));
+        }
+        if self.failed || self.buf.len() < HEADER_LEN {
+            if self.buf.is_empty() && self.buf.capacity() != 0 {
+                // Idle: give the allocation back (delivered frames keep their part alive).
+                self.buf = BytesMut::new();
+            }
+            return None;
+        }
+        let Some(h) = Header::parse(&self.buf) else {
+            return Some(Decoded::Discarded(self.resync(DiscardReason::BadMagic)));
+        };
+        let total = h.frame_len();
+        if total > self.config.max_message_size {
+            let declared = total as u64;
+            return Some(Decoded::Discarded(
+                self.resync(DiscardReason::Oversize { declared }),
+            ));
+        }
+        if self.buf.len() < total {
+            return None;
+        }
+        let actual = crc32fast::hash(&self.buf[HEADER_LEN..total]);
+        if actual != h.crc32 {
+            return Some(Decoded::Discarded(self.resync(
+                DiscardReason::CrcMismatch {
+                    expected: h.crc32,
+                    actual,
+                },
+            )));
+        }
+        if let Some(set) = &self.config.accepted_types {
+            if !set.contains(h.message_type) {
+                self.buf.advance(total);
+                let d = Discard {
+                    reason: DiscardReason::UnknownType(h.message_type),
+                    bytes: total,
+                };
+                self.stats.count(&d);
+                return Some(Decoded::Discarded(d));
+            }
+        }
+        self.buf.advance(HEADER_LEN);
+        let payload = self.buf.split_to(total - HEADER_LEN).freeze();
+        self.stats.frames += 1;
+        self.stats.frame_bytes += total as u64;
+        Some(Decoded::Frame(Frame {
+            message_type: h.message_type,
+            request_id: h.request_id,
+            flags: h.flags,
+            payload,
+        }))
+    }
+}
+
+/// Position of the first `VX` in `hay`.
+#[inline]
+fn find_magic(hay: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = hay[from..].iter().position(|&b| b == MAGIC[0]) {
+        let at = from + i;
+        if hay.get(at + 1) == Some(&MAGIC[1]) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn frame(t: u16, id: u16, p: &[u8]) -> Vec<u8> {
+        Frame::new(MessageType(t), id, Bytes::copy_from_slice(p))
+            .to_vec()
+            .unwrap()
+    }
+
+    fn drain(d: &mut Decoder) -> Vec<Decoded> {
+        std::iter::from_fn(|| d.next_frame()).collect()
+    }
+
+    #[test]
+    fn find_magic_cases() {
+        assert_eq!(find_magic(b""), None);
+        assert_eq!(find_magic(b"V"), None);
+        assert_eq!(find_magic(b"VVX"), Some(1));
+        assert_eq!(find_magic(b"abVX"), Some(2));
+        assert_eq!(find_magic(b"VaVbX"), None);
+    }
+
+    #[test]
+    fn strict_mode_stops_at_first_corruption() {
+        let mut d = Decoder::new(DecoderConfig {
+            strict: true,
+            ..DecoderConfig::default()
+        });
+        let mut wire = b"0123456789abcdef".to_vec();
+        wire.extend(frame(200, 1, b"x"));
+        d.push(&wire);
+        let out = drain(&mut d);
+        assert_eq!(out.len(), 1);
+        assert!(matches!(
+            out[0],
+            Decoded::Discarded(Discard {
+                reason: DiscardReason::BadMagic,
+                ..
+            })
+        ));
+        assert!(d.is_failed());
+        assert_eq!(d.buffered(), 0);
+        d.push(&frame(200, 2, b"y"));
+        assert!(d.next_frame().is_none());
+    }
+
+    #[test]
+    fn unknown_type_is_not_corruption_in_strict_mode() {
+        let set: TypeSet = [MessageType(200)].into_iter().collect();
+        let mut d = Decoder::new(DecoderConfig {
+            strict: true,
+            accepted_types: Some(Arc::new(set)),
+            ..DecoderConfig::default()
+        });
+        let mut wire = frame(300, 1, b"nope");
+        wire.extend(frame(200, 2, b"yes"));
+        d.push(&wire);
+        let out = drain(&mut d);
+        assert_eq!(out.len(), 2);
+        assert!(!d.is_failed());
+        assert_eq!(d.stats().unknown_type, 1);
+        assert_eq!(d.stats().frames, 1);
+    }
+
+    #[test]
+    fn overflow_is_reported_once_per_push_and_counted() {
+        let mut d = Decoder::new(DecoderConfig {
+            max_buffer_size: 50,
+            ..DecoderConfig::default()
+        });
+        d.push(&[b'V'; 10]);
+        d.push(&[b'Q'; 100]);
+        assert_eq!(d.buffered(), 0);
+        assert_eq!(
+            drain(&mut d),
+            vec![Decoded::Discarded(Discard {
+                reason: DiscardReason::BufferOverflow,
+                bytes: 110
+            })]
+        );
+        assert_eq!(d.stats().overflow, 1);
+    }
+
+    #[test]
+    fn push_bytes_adopts_buffer_without_copy() {
+        let wire = frame(200, 9, &[7u8; 1000]);
+        let chunk = BytesMut::from(&wire[..]);
+        let ptr = chunk.as_ptr();
+        let mut d = Decoder::new(DecoderConfig::default());
+        d.push_bytes(chunk);
+        let Some(Decoded::Frame(f)) = d.next_frame() else {
+            panic!("expected a frame")
+        };
+        // The payload points into the very allocation we handed over.
+        assert_eq!(f.payload.as_ptr(), ptr.wrapping_add(HEADER_LEN));
+    }
+}

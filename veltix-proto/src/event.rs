@@ -1,0 +1,93 @@
+//! What a [`Connection`](crate::Connection) reports through `poll_event`.
+
+use std::time::Duration;
+
+use crate::correlation::RequestKind;
+use crate::decoder::{Discard, DiscardReason};
+use crate::frame::Frame;
+use crate::handshake::{HandshakeError, PeerHello};
+
+/// Why a connection closed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    /// [`Connection::close`](crate::Connection::close) was called.
+    #[error("closed locally")]
+    Local,
+    /// The peer closed its side (EOF) after the handshake.
+    #[error("closed by the peer")]
+    PeerClosed,
+    /// The driver reported a transport error (reset, broken pipe, ...).
+    #[error("transport error: {0}")]
+    Transport(String),
+    /// The handshake failed, timed out or was refused.
+    #[error("handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// Strict mode: the peer sent corrupt data.
+    #[error("protocol violation: {0:?}")]
+    Protocol(DiscardReason),
+}
+
+/// Why a request or ping failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestFailure {
+    /// No reply came before its deadline.
+    #[error("request timed out")]
+    TimedOut,
+    /// The connection closed first.
+    #[error("connection closed: {0}")]
+    Closed(CloseReason),
+}
+
+/// An event for the application. Drain them with
+/// [`Connection::poll_event`](crate::Connection::poll_event) after every input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The handshake finished; frames can be sent. Carries the peer's hello
+    /// (`v`, `pv`, `meta`).
+    Connected(PeerHello),
+    /// A frame that answered no pending request of ours. PINGs never appear
+    /// here: they are answered automatically.
+    Message(Frame),
+    /// The reply to a [`request`](crate::Connection::request), matched by id
+    /// whatever its type.
+    Response {
+        /// The id of the request it answers.
+        request_id: u16,
+        /// The reply.
+        frame: Frame,
+    },
+    /// The reply to a [`ping`](crate::Connection::ping).
+    Pong {
+        /// The ping's id.
+        request_id: u16,
+        /// Time from the `ping` call to the reply's arrival, on the caller's clock.
+        rtt: Duration,
+    },
+    /// A request or ping will never get its reply. Emitted exactly once per
+    /// request that did not get a `Response`/`Pong`.
+    RequestFailed {
+        /// The id.
+        request_id: u16,
+        /// Request or ping.
+        kind: RequestKind,
+        /// Why.
+        reason: RequestFailure,
+    },
+    /// Received bytes were dropped (a counted diagnostic; the connection goes on
+    /// unless strict mode is on).
+    Discarded(Discard),
+    /// A PING could not be answered because the outbound queue was full (the
+    /// peer does not read); counted in [`ConnectionStats::pongs_dropped`](crate::ConnectionStats).
+    PongDropped {
+        /// The PING's id.
+        request_id: u16,
+    },
+    /// The connection is closed; this is the last event.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+        /// Bytes that had been queued for sending but will never be handed to
+        /// `poll_transmit` (0 after a local close, which keeps them for draining).
+        unsent_bytes: usize,
+    },
+}

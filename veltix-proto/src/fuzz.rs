@@ -1,0 +1,1 @@
+//! Fuzz bodies (private feature `_fuzz`): shared by `fuzz/` and the stable corpus replay test.

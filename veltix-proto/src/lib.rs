@@ -19,6 +19,7 @@
 //! | [`Connection`] | one connection, client or server, in the style of quinn-proto |
 //! | [`Acceptor`], [`Tags`] | server-side admission (`max_connection`) and per-peer tags |
 //! | [`payload`] | text and Python-compatible JSON payloads |
+//! | [`config`], [`Router`] | Veltix's client/server settings and dispatch rule, shared by the drivers |
 //!
 //! ## The calling contract
 //!
@@ -82,6 +83,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod config;
 pub mod correlation;
 pub mod decoder;
 pub mod frame;
@@ -94,12 +96,14 @@ mod error;
 mod event;
 mod json;
 mod outbox;
+mod router;
 mod server;
 
 #[cfg(feature = "_fuzz")]
 #[doc(hidden)]
 pub mod fuzz;
 
+pub use config::{ClientConfig, ConfigError, ServerConfig};
 pub use connection::{
     Connection, ConnectionConfig, ConnectionStats, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_OUTBOUND,
 };
@@ -117,4 +121,5 @@ pub use frame::{
 pub use handshake::{HandshakeError, LocalHello, PeerHello, Side};
 pub use payload::PayloadError;
 pub use retry::{DisconnectReason, DisconnectState, RetryPolicy};
+pub use router::Router;
 pub use server::{Acceptor, Rejection, Tags};

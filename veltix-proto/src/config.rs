@@ -1,0 +1,436 @@
+//! Client and server settings with Veltix's names and defaults, shared by the
+//! drivers (`veltix-std`, `veltix-tokio`) so switching driver changes no config code.
+//!
+//! ```
+//! use std::time::Duration;
+//! use veltix_proto::config::{ClientConfig, ServerConfig};
+//!
+//! let client = ClientConfig::new("127.0.0.1", 8080)
+//!     .retry(3)
+//!     .retry_delay(Duration::from_millis(500))
+//!     .handshake_timeout(Duration::from_secs(2));
+//! client.validate().unwrap();
+//!
+//! let server = ServerConfig::new("0.0.0.0", 0).max_connection(Some(100));
+//! server.validate().unwrap();
+//! assert!(ServerConfig::default().max_connection(Some(0)).validate().is_err());
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::connection::{ConnectionConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_OUTBOUND};
+use crate::correlation::{DEFAULT_ID_WINDOW, MAX_ID_WINDOW};
+use crate::decoder::{DecoderConfig, DEFAULT_MAX_BUFFER_SIZE};
+use crate::frame::{DEFAULT_MAX_MESSAGE_SIZE, HEADER_LEN};
+use crate::handshake::LocalHello;
+use crate::retry::{Backoff, RetryPolicy};
+
+/// Veltix's default receive chunk (`BufferSize.MEDIUM`).
+pub const DEFAULT_BUFFER_SIZE: usize = 8192;
+/// Veltix's default callback pool size.
+pub const DEFAULT_MAX_WORKERS: usize = 4;
+/// Veltix's default `send_and_wait` / ping timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A setting out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {problem}")]
+pub struct ConfigError {
+    /// The setting.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn check(ok: bool, field: &'static str, problem: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError {
+            field,
+            problem: problem.to_owned(),
+        })
+    }
+}
+
+macro_rules! setters {
+    ($t:ty { $($(#[$m:meta])* $name:ident : $ty:ty),* $(,)? }) => {
+        impl $t {
+            $(
+                $(#[$m])*
+                #[must_use]
+                pub fn $name(mut self, value: $ty) -> Self {
+                    self.$name = value;
+                    self
+                }
+            )*
+        }
+    };
+}
+
+/// Settings shared by both sides.
+fn connection_config(
+    max_message_size: usize,
+    handshake_timeout: Duration,
+    strict: bool,
+    hello: &LocalHello,
+    id_window: u16,
+    max_outbound: usize,
+) -> ConnectionConfig {
+    ConnectionConfig {
+        decoder: DecoderConfig {
+            max_message_size,
+            max_buffer_size: DEFAULT_MAX_BUFFER_SIZE.max(max_message_size.saturating_mul(2)),
+            strict,
+            accepted_types: None,
+        },
+        handshake_timeout,
+        hello: hello.clone(),
+        id_window,
+        max_outbound,
+    }
+}
+
+/// Validation shared by both sides.
+fn validate_common(
+    buffer_size: usize,
+    max_message_size: usize,
+    handshake_timeout: Duration,
+    max_workers: usize,
+    max_outbound: usize,
+) -> Result<(), ConfigError> {
+    check(buffer_size > 0, "buffer_size", "must be > 0")?;
+    check(
+        max_message_size >= HEADER_LEN,
+        "max_message_size",
+        "must be at least the 15-byte header",
+    )?;
+    check(
+        !handshake_timeout.is_zero(),
+        "handshake_timeout",
+        "must be > 0",
+    )?;
+    check(max_workers >= 1, "max_workers", "must be >= 1")?;
+    check(max_outbound > 0, "max_outbound", "must be > 0")
+}
+
+/// Client settings (Veltix's `ClientConfig`).
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Server host name or address (default `127.0.0.1`).
+    pub server_addr: String,
+    /// Server port (default 8080).
+    pub port: u16,
+    /// Bytes read per `recv` (default 8192).
+    pub buffer_size: usize,
+    /// Largest frame accepted, header included (default 10 MiB).
+    pub max_message_size: usize,
+    /// Deadline for TCP connect and for the whole handshake (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Callback worker threads (default 4).
+    pub max_workers: usize,
+    /// Reconnect attempts after a failure (default 0).
+    pub retry: u32,
+    /// Delay between attempts (default 1 s).
+    pub retry_delay: Duration,
+    /// Optional exponential backoff on top of `retry_delay`.
+    pub backoff: Option<Backoff>,
+    /// Seed of the backoff jitter (`None`: drivers pick one).
+    pub retry_seed: Option<u64>,
+    /// Default timeout of `send_and_wait` and `ping_server` (default 5 s).
+    pub request_timeout: Duration,
+    /// Cap on queued outbound bytes (default 32 MiB).
+    pub max_outbound: usize,
+    /// Close on the first corrupt frame instead of resynchronising (default off).
+    pub strict: bool,
+    /// Our hello (`v`, `meta`).
+    pub hello: LocalHello,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            server_addr: "127.0.0.1".into(),
+            port: 8080,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_workers: DEFAULT_MAX_WORKERS,
+            retry: 0,
+            retry_delay: Duration::from_secs(1),
+            backoff: None,
+            retry_seed: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_outbound: DEFAULT_MAX_OUTBOUND,
+            strict: false,
+            hello: LocalHello::default(),
+        }
+    }
+}
+
+setters!(ClientConfig {
+    /// Sets `server_addr`.
+    server_addr: String,
+    /// Sets `port`.
+    port: u16,
+    /// Sets `buffer_size`.
+    buffer_size: usize,
+    /// Sets `max_message_size`.
+    max_message_size: usize,
+    /// Sets `handshake_timeout`.
+    handshake_timeout: Duration,
+    /// Sets `max_workers`.
+    max_workers: usize,
+    /// Sets `retry`.
+    retry: u32,
+    /// Sets `retry_delay`.
+    retry_delay: Duration,
+    /// Sets `backoff`.
+    backoff: Option<Backoff>,
+    /// Sets `retry_seed`.
+    retry_seed: Option<u64>,
+    /// Sets `request_timeout`.
+    request_timeout: Duration,
+    /// Sets `max_outbound`.
+    max_outbound: usize,
+    /// Sets `strict`.
+    strict: bool,
+    /// Sets `hello`.
+    hello: LocalHello,
+});
+
+impl ClientConfig {
+    /// A config for `server_addr:port`, other settings at their defaults.
+    pub fn new(server_addr: impl Into<String>, port: u16) -> Self {
+        ClientConfig {
+            server_addr: server_addr.into(),
+            port,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            !self.server_addr.is_empty(),
+            "server_addr",
+            "must not be empty",
+        )?;
+        validate_common(
+            self.buffer_size,
+            self.max_message_size,
+            self.handshake_timeout,
+            self.max_workers,
+            self.max_outbound,
+        )?;
+        check(
+            !self.request_timeout.is_zero(),
+            "request_timeout",
+            "must be > 0",
+        )
+    }
+
+    /// The core's connection settings.
+    pub fn connection_config(&self) -> Arc<ConnectionConfig> {
+        Arc::new(connection_config(
+            self.max_message_size,
+            self.handshake_timeout,
+            self.strict,
+            &self.hello,
+            DEFAULT_ID_WINDOW,
+            self.max_outbound,
+        ))
+    }
+
+    /// The reconnect policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.retry,
+            delay: self.retry_delay,
+            backoff: self.backoff,
+        }
+    }
+}
+
+/// Server settings (Veltix's `ServerConfig`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (default `0.0.0.0`).
+    pub host: String,
+    /// Port (default 8080; 0 picks a free one).
+    pub port: u16,
+    /// Bytes read per `recv` (default 8192).
+    pub buffer_size: usize,
+    /// Connections allowed at once, handshaking ones included; `None` = unlimited
+    /// (Veltix's `-1`, the default).
+    pub max_connection: Option<usize>,
+    /// Largest frame accepted, header included (default 10 MiB).
+    pub max_message_size: usize,
+    /// Deadline for each client's whole handshake (default 5 s).
+    pub handshake_timeout: Duration,
+    /// Callback worker threads (default 4).
+    pub max_workers: usize,
+    /// Request-id window for server-initiated requests (default 30 000, capped at 32 768).
+    pub id_window: u16,
+    /// Default timeout of `send_and_wait` and `ping_client` (default 5 s).
+    pub request_timeout: Duration,
+    /// Cap on queued outbound bytes per connection (default 32 MiB).
+    pub max_outbound: usize,
+    /// Close a connection on its first corrupt frame (default off).
+    pub strict: bool,
+    /// Our hello (`v`, `meta`).
+    pub hello: LocalHello,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            max_connection: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_workers: DEFAULT_MAX_WORKERS,
+            id_window: DEFAULT_ID_WINDOW,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_outbound: DEFAULT_MAX_OUTBOUND,
+            strict: false,
+            hello: LocalHello::default(),
+        }
+    }
+}
+
+setters!(ServerConfig {
+    /// Sets `host`.
+    host: String,
+    /// Sets `port`.
+    port: u16,
+    /// Sets `buffer_size`.
+    buffer_size: usize,
+    /// Sets `max_connection`.
+    max_connection: Option<usize>,
+    /// Sets `max_message_size`.
+    max_message_size: usize,
+    /// Sets `handshake_timeout`.
+    handshake_timeout: Duration,
+    /// Sets `max_workers`.
+    max_workers: usize,
+    /// Sets `id_window`.
+    id_window: u16,
+    /// Sets `request_timeout`.
+    request_timeout: Duration,
+    /// Sets `max_outbound`.
+    max_outbound: usize,
+    /// Sets `strict`.
+    strict: bool,
+    /// Sets `hello`.
+    hello: LocalHello,
+});
+
+impl ServerConfig {
+    /// A config listening on `host:port`, other settings at their defaults.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        ServerConfig {
+            host: host.into(),
+            port,
+            ..Self::default()
+        }
+    }
+
+    /// Checks every setting.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(!self.host.is_empty(), "host", "must not be empty")?;
+        validate_common(
+            self.buffer_size,
+            self.max_message_size,
+            self.handshake_timeout,
+            self.max_workers,
+            self.max_outbound,
+        )?;
+        check(
+            self.max_connection != Some(0),
+            "max_connection",
+            "must be >= 1, or None for unlimited",
+        )?;
+        check(self.id_window >= 1, "id_window", "must be >= 1")?;
+        check(
+            !self.request_timeout.is_zero(),
+            "request_timeout",
+            "must be > 0",
+        )
+    }
+
+    /// The core's connection settings (`id_window` capped at 32 768).
+    pub fn connection_config(&self) -> Arc<ConnectionConfig> {
+        if self.id_window > MAX_ID_WINDOW {
+            tracing::warn!(id_window = self.id_window, "id_window capped at 32768");
+        }
+        Arc::new(connection_config(
+            self.max_message_size,
+            self.handshake_timeout,
+            self.strict,
+            &self.hello,
+            self.id_window.min(MAX_ID_WINDOW),
+            self.max_outbound,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veltix_defaults() {
+        let c = ClientConfig::default();
+        assert_eq!((c.server_addr.as_str(), c.port), ("127.0.0.1", 8080));
+        assert_eq!(c.max_message_size, 10 * 1024 * 1024);
+        assert_eq!((c.retry, c.retry_delay), (0, Duration::from_secs(1)));
+        let s = ServerConfig::default();
+        assert_eq!(
+            (s.host.as_str(), s.max_connection, s.id_window),
+            ("0.0.0.0", None, 30_000)
+        );
+        c.validate().unwrap();
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_settings_name_the_field() {
+        let e = ClientConfig::default()
+            .max_workers(0)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "max_workers");
+        let e = ServerConfig::default()
+            .handshake_timeout(Duration::ZERO)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "handshake_timeout");
+        let e = ServerConfig::default()
+            .max_message_size(3)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.field, "max_message_size");
+    }
+
+    #[test]
+    fn large_frames_fit_the_receive_buffer() {
+        let cc = ClientConfig::default()
+            .max_message_size(64 << 20)
+            .connection_config();
+        assert!(cc.decoder.max_buffer_size >= 2 * (64 << 20));
+        let sc = ServerConfig::default()
+            .id_window(60_000)
+            .connection_config();
+        assert_eq!(sc.id_window, 32_768);
+    }
+}

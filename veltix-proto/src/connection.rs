@@ -515,10 +515,8 @@ impl Connection {
         }
         let unsent_bytes = if keep_output { 0 } else { self.out.clear() };
         self.handshake_deadline = None;
-        self.decoder = Decoder::new(DecoderConfig {
-            accepted_types: None,
-            ..self.config.decoder.clone()
-        });
+        // Free the receive buffer; the counters stay readable after the close.
+        self.decoder.clear();
         self.state = State::Closed(reason.clone());
         self.events.push_back(Event::Closed {
             reason,
@@ -656,6 +654,17 @@ mod tests {
             }
         }
         assert_eq!(s.stats().pongs_dropped, 1);
+    }
+
+    #[test]
+    fn decoder_counters_survive_the_close() {
+        let (_c, mut s, t0) = pair();
+        let mut wire = vec![b'q'; 20];
+        wire.extend(hex_frame(200, 1));
+        s.handle_input(t0, &wire);
+        s.handle_eof(t0);
+        let d = s.stats().decoder;
+        assert_eq!((d.bad_magic, d.discarded_bytes, d.frames), (1, 20, 1));
     }
 
     #[test]

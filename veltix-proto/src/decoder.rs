@@ -249,6 +249,13 @@ impl Decoder {
         self.failed
     }
 
+    /// Drops everything buffered (without counting it as discarded) and
+    /// releases the buffer; the counters are kept.
+    pub fn clear(&mut self) {
+        self.buf = BytesMut::new();
+        self.pending = None;
+    }
+
     /// Appends received bytes (one copy into the receive buffer). Call
     /// [`next_frame`](Self::next_frame) until it returns `None` after each push to get
     /// Veltix's exact results.

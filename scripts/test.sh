@@ -18,5 +18,18 @@ else
   echo "!!! clippy is not installed: SKIPPING lints" >&2
 fi
 
+# The Python peer for the interop tests: veltix 3.3.0 in a project-local venv.
+if ! .venv/bin/python -c "import veltix, sys; sys.exit(veltix.__version__ != '3.3.0')" 2>/dev/null; then
+  echo "==> installing Python veltix==3.3.0 into .venv"
+  if ! { python3 -m venv .venv && .venv/bin/pip install --quiet --disable-pip-version-check 'veltix==3.3.0'; }; then
+    if [ -n "${CI:-}" ]; then
+      echo "!!! cannot install Python veltix (required in CI)" >&2
+      exit 1
+    fi
+    echo "!!! cannot install Python veltix: interop tests will be SKIPPED loudly" >&2
+  fi
+fi
+export VELTIX_PYTHON="$PWD/.venv/bin/python"
+
 echo "==> cargo test --workspace"
 cargo test --workspace

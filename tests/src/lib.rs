@@ -93,3 +93,177 @@ pub fn socket_count() -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A running Python peer script with stdin and stdout piped (stderr
+/// inherited). Its stdout is read line by line on a thread; every line must be
+/// one JSON object. The process is killed and reaped on drop, so a failing
+/// test never leaves it behind. Closing stdin ([`close_stdin`](Self::close_stdin))
+/// is how a test tells a long-running script to finish.
+pub struct PyPeer {
+    name: String,
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every JSON line read so far, in order.
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl std::fmt::Debug for PyPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PyPeer")
+            .field("name", &self.name)
+            .field("pid", &self.child.id())
+            .finish()
+    }
+}
+
+impl PyPeer {
+    /// Starts `tests/python/<name>` with `args`.
+    pub fn spawn(python: &Path, name: &str, args: &[&str]) -> PyPeer {
+        let mut child = Command::new(python)
+            .arg(script(name))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stdin = child.stdin.take();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("py-stdout-{name}"))
+            .spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn stdout reader");
+        PyPeer {
+            name: format!("{name} {}", args.join(" ")),
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next JSON line, or `None` at end of stdout. Panics after `timeout`
+    /// or on a line that is not JSON.
+    pub fn next_json(&mut self, timeout: std::time::Duration) -> Option<serde_json::Value> {
+        use std::sync::mpsc::RecvTimeoutError;
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                    panic!("{}: stdout line is not JSON ({e}): {line:?}", self.name)
+                });
+                self.seen.push(v.clone());
+                Some(v)
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "{}: no output within {timeout:?}; seen so far: {:?}",
+                self.name,
+                self.short_seen()
+            ),
+        }
+    }
+
+    /// Reads lines until one has `"event": event` and returns it (the lines
+    /// skipped stay in [`seen`](Self::seen)). Panics on timeout or end of output.
+    pub fn expect_event(&mut self, event: &str, timeout: std::time::Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next_json(left) {
+                Some(v) if v["event"] == event => return v,
+                Some(_) => {}
+                None => panic!(
+                    "{}: output ended before event {event:?}; seen: {:?}; exit: {:?}",
+                    self.name,
+                    self.short_seen(),
+                    self.child.try_wait()
+                ),
+            }
+        }
+    }
+
+    /// Closes the script's stdin (scripts that wait for it then finish).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Closes stdin, reads the rest of stdout and waits for the exit; panics
+    /// if that takes longer than `timeout`. Returns the exit status.
+    pub fn finish(&mut self, timeout: std::time::Duration) -> std::process::ExitStatus {
+        self.close_stdin();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                panic!("{}: did not exit within {timeout:?}", self.name);
+            }
+            if self.next_json(left).is_none() {
+                break;
+            }
+        }
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!("{}: did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// [`finish`](Self::finish) and assert a zero exit status.
+    pub fn finish_ok(&mut self, timeout: std::time::Duration) {
+        let status = self.finish(timeout);
+        assert!(
+            status.success(),
+            "{} exited with {status}; output: {:?}",
+            self.name,
+            self.short_seen()
+        );
+    }
+
+    /// Every line seen so far with event `event`.
+    pub fn events(&self, event: &str) -> Vec<serde_json::Value> {
+        self.seen
+            .iter()
+            .filter(|v| v["event"] == event)
+            .cloned()
+            .collect()
+    }
+
+    /// The lines seen so far, long strings cut, for panic messages.
+    fn short_seen(&self) -> Vec<String> {
+        self.seen
+            .iter()
+            .map(|v| {
+                let s = v.to_string();
+                if s.chars().count() > 300 {
+                    format!("{}...", s.chars().take(300).collect::<String>())
+                } else {
+                    s
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for PyPeer {
+    fn drop(&mut self) {
+        self.stdin = None;
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}

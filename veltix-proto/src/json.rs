@@ -43,6 +43,14 @@ impl Formatter for PyFormatter {
         w.write_all(b": ")
     }
 
+    fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+        w.write_all(python_float_repr(value).as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f32) -> io::Result<()> {
+        w.write_all(python_float_repr(f64::from(value)).as_bytes())
+    }
+
     fn write_string_fragment<W: ?Sized + io::Write>(
         &mut self,
         w: &mut W,
@@ -63,6 +71,56 @@ impl Formatter for PyFormatter {
         }
         Ok(())
     }
+}
+
+/// `repr(float)` as Python writes it (and so `json.dumps`): the shortest
+/// round-trip digits, fixed notation for decimal exponents in `-4..16` (with a
+/// `.0` on whole numbers), otherwise `d.ddde±XX` with at least two exponent digits.
+pub(crate) fn python_float_repr(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "Infinity" } else { "-Infinity" }.into();
+    }
+    let sci = format!("{:e}", v.abs()); // shortest digits: "d.ddde-X"
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut out = String::with_capacity(digits.len() + 8);
+    if v.is_sign_negative() {
+        out.push('-');
+    }
+    if (-4..16).contains(&exp) {
+        if exp < 0 {
+            out.push_str("0.");
+            out.extend(std::iter::repeat('0').take((-exp - 1) as usize));
+            out.push_str(&digits);
+        } else {
+            let int_len = exp as usize + 1;
+            if digits.len() <= int_len {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat('0').take(int_len - digits.len()));
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..int_len]);
+                out.push('.');
+                out.push_str(&digits[int_len..]);
+            }
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if digits.len() > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push_str(&format!(
+            "e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        ));
+    }
+    out
 }
 
 /// Serializes `value` the way Python's `json.dumps(value, ensure_ascii=...)` does.
@@ -88,6 +146,40 @@ mod tests {
         assert_eq!(
             String::from_utf8(to_vec_python(&v, false).unwrap()).unwrap(),
             r#"{"a": [1, 2], "b": {"c": null}}"#
+        );
+    }
+
+    #[test]
+    fn floats_like_python_repr() {
+        // Expected strings are Python 3.11's repr() of the same values.
+        let cases: &[(f64, &str)] = &[
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.0, "1.0"),
+            (100.0, "100.0"),
+            (0.5, "0.5"),
+            (0.0001, "0.0001"),
+            (9.9e-5, "9.9e-05"),
+            (1e-5, "1e-05"),
+            (1.5e-6, "1.5e-06"),
+            (1.2345e-8, "1.2345e-08"),
+            (1e-10, "1e-10"),
+            (2.5e-10, "2.5e-10"),
+            (5e-324, "5e-324"),
+            (1e15, "1000000000000000.0"),
+            (1e16, "1e+16"),
+            (1.2345678901234568e17, "1.2345678901234568e+17"),
+            (1.5e300, "1.5e+300"),
+            (123.456, "123.456"),
+            (-3.25e-7, "-3.25e-07"),
+            (0.1 + 0.2, "0.30000000000000004"),
+        ];
+        for &(v, want) in cases {
+            assert_eq!(python_float_repr(v), want, "{v:e}");
+        }
+        assert_eq!(
+            String::from_utf8(to_vec_python(&[1e-5, 2.0], true).unwrap()).unwrap(),
+            "[1e-05, 2.0]"
         );
     }
 

@@ -364,6 +364,16 @@ impl Connection {
 
     fn enqueue(&mut self, t: MessageType, id: u16, payload: &Bytes) -> Result<(), SendError> {
         self.check_send(payload.len())?;
+        self.enqueue_checked(t, id, payload)
+    }
+
+    /// `enqueue` for callers that already ran `check_send`.
+    fn enqueue_checked(
+        &mut self,
+        t: MessageType,
+        id: u16,
+        payload: &Bytes,
+    ) -> Result<(), SendError> {
         let h = Header::for_payload(t, id, payload)?;
         self.out.push_frame(&h, payload);
         self.stats.frames_out += 1;
@@ -387,7 +397,7 @@ impl Connection {
         let payload = payload.into();
         self.check_send(payload.len())?;
         let id = self.next_id()?;
-        self.enqueue(message_type, id, &payload)?;
+        self.enqueue_checked(message_type, id, &payload)?;
         Ok(id)
     }
 
@@ -445,7 +455,7 @@ impl Connection {
         let payload = payload.into();
         self.check_send(payload.len())?;
         let id = self.next_id()?;
-        self.enqueue(message_type, id, &payload)?;
+        self.enqueue_checked(message_type, id, &payload)?;
         self.pending
             .insert(id, RequestKind::Request, self.now, timeout);
         Ok(id)
@@ -482,7 +492,7 @@ impl Connection {
         self.advance(now);
         self.check_send(0)?;
         let id = self.next_id()?;
-        self.enqueue(MessageType::PING, id, &Bytes::new())?;
+        self.enqueue_checked(MessageType::PING, id, &Bytes::new())?;
         self.pending
             .insert(id, RequestKind::Ping, self.now, timeout);
         Ok(id)

@@ -41,12 +41,18 @@ pub fn python() -> Option<PathBuf> {
             candidate.display()
         );
     }
-    eprintln!(
-        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+    // Written to the process's stderr directly: the test harness captures
+    // `eprintln!` of passing tests, and this warning must always be seen.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!(
+            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
          !!! SKIPPING Python interop: no veltix 3.3.0 at {}\n\
          !!! run ./scripts/test.sh (it creates .venv) or set VELTIX_PYTHON\n\
          !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n",
-        candidate.display()
+            candidate.display()
+        )
+        .as_bytes(),
     );
     None
 }

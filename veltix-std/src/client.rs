@@ -99,13 +99,14 @@ impl Sink for ClientSink {
             return;
         };
         let client = Client(inner.clone());
+        let guard = self.pool.guard();
         inner.mailbox.post(
             &self.pool,
             Box::new(move || {
                 for f in frames {
                     let handler = client.callbacks_read().router.handler(f.message_type).cloned();
                     match handler {
-                        Some(h) => h(&client, f),
+                        Some(h) => guard.call("route/on_recv", || h(&client, f)),
                         None => tracing::debug!(message_type = %f.message_type, "no handler; message dropped"),
                     }
                 }
@@ -511,7 +512,9 @@ impl Client {
             l.join();
         }
         // Links that ended while we were joining.
-        for l in std::mem::take(&mut lock(&self.0.state).old_links) {
+        // (Taken outside the loop: a closing reader needs this lock.)
+        let ended = std::mem::take(&mut lock(&self.0.state).old_links);
+        for l in ended {
             l.join();
         }
         if was_connected {

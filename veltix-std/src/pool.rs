@@ -98,7 +98,24 @@ struct PoolState {
 struct PoolShared {
     state: Mutex<PoolState>,
     cv: Condvar,
-    panics: AtomicU64,
+    panics: Arc<AtomicU64>,
+}
+
+/// Runs user callbacks one at a time, catching and counting panics, so one
+/// failing callback never takes the others (or the connection) down.
+#[derive(Clone)]
+pub(crate) struct Guard(Arc<AtomicU64>);
+
+impl Guard {
+    pub(crate) fn call(&self, what: &str, f: impl FnOnce()) {
+        if catch_unwind(AssertUnwindSafe(f)).is_err() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                callback = what,
+                "a callback panicked; the connection goes on"
+            );
+        }
+    }
 }
 
 /// A fixed set of worker threads.
@@ -112,7 +129,7 @@ impl Pool {
         let shared = Arc::new(PoolShared {
             state: Mutex::new(PoolState::default()),
             cv: Condvar::new(),
-            panics: AtomicU64::new(0),
+            panics: Arc::new(AtomicU64::new(0)),
         });
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers.max(1) {
@@ -132,6 +149,11 @@ impl Pool {
     fn schedule(&self, mb: Arc<Mailbox>) {
         lock(&self.shared.state).ready.push_back(mb);
         self.shared.cv.notify_one();
+    }
+
+    /// A guard counting into this pool's panic counter.
+    pub(crate) fn guard(&self) -> Guard {
+        Guard(self.shared.panics.clone())
     }
 
     /// Callbacks that panicked so far.

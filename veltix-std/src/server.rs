@@ -112,6 +112,15 @@ impl ClientInfo {
         lock(&self.0.tags).clone()
     }
 
+    /// Counters of this client's connection (frames, bytes, counted drops),
+    /// while it is open.
+    pub fn stats(&self) -> Option<veltix_proto::ConnectionStats> {
+        lock(&self.0.link)
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .map(|l| l.stats())
+    }
+
     fn link(&self) -> Result<Arc<Link>, Error> {
         lock(&self.0.link)
             .as_ref()
@@ -122,6 +131,7 @@ impl ClientInfo {
 }
 
 type ConnectFn = dyn Fn(&Server, &ClientInfo) + Send + Sync;
+type ClientEntry = (ClientInfo, Arc<Link>, Arc<Mailbox>);
 type MessageFn = dyn Fn(&Server, &ClientInfo, Frame) + Send + Sync;
 
 #[derive(Default)]
@@ -141,7 +151,7 @@ struct Inner {
     config: ServerConfig,
     acceptor: Mutex<Acceptor>,
     callbacks: RwLock<Callbacks>,
-    clients: Mutex<BTreeMap<u64, (ClientInfo, Arc<Link>, Arc<Mailbox>)>>,
+    clients: Mutex<BTreeMap<u64, ClientEntry>>,
     /// Links that closed on their own, joined later (by `reap` or `close_all`).
     finished: Mutex<Vec<Arc<Link>>>,
     running: Mutex<Option<Running>>,
@@ -215,6 +225,7 @@ impl Sink for ServerSink {
 
     fn messages(&self, _link: &Arc<Link>, frames: Vec<Frame>) {
         let client = self.client.clone();
+        let guard = self.pool.guard();
         self.post(move |server| {
             for f in frames {
                 let handler = server
@@ -226,7 +237,7 @@ impl Sink for ServerSink {
                     .handler(f.message_type)
                     .cloned();
                 match handler {
-                    Some(h) => h(server, &client, f),
+                    Some(h) => guard.call("route/on_recv", || h(server, &client, f)),
                     None => tracing::debug!(message_type = %f.message_type, "no handler; message dropped"),
                 }
             }
@@ -506,10 +517,13 @@ impl Server {
         for l in &links {
             l.close();
         }
-        for l in links
-            .iter()
-            .chain(lock(&self.0.finished).drain(..).collect::<Vec<_>>().iter())
-        {
+        for l in &links {
+            l.join();
+        }
+        // Taken only now, and outside the loop: a closing reader pushes itself
+        // there, so that lock must never be held while joining.
+        let finished = std::mem::take(&mut *lock(&self.0.finished));
+        for l in &finished {
             l.join();
         }
         running.pool.shutdown();

@@ -1,0 +1,443 @@
+//! End-to-end tests of `veltix-std` on loopback: deadlines against slow and
+//! silent peers, garbage from the network, shutdown leaving nothing behind,
+//! reconnect sequences, admission control, ordering and request routing.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use veltix_proto::frame::encode_frame;
+use veltix_proto::handshake::{encode_hello, LocalHello};
+use veltix_proto::MessageType;
+use veltix_std::{
+    Client, ClientConfig, DisconnectReason, DisconnectState, Error, Frame, Server, ServerConfig,
+};
+
+const T: MessageType = MessageType::new(200);
+const SECS5: Option<Duration> = Some(Duration::from_secs(5));
+
+fn server(cfg: ServerConfig) -> (Server, SocketAddr) {
+    let s = Server::new(cfg).unwrap();
+    s.start().unwrap();
+    let addr = s.local_addr().unwrap();
+    (s, addr)
+}
+
+fn echo_server(cfg: ServerConfig) -> (Server, SocketAddr) {
+    let (s, addr) = server(cfg);
+    s.on_recv(|server, client, msg| {
+        let _ = server.reply(client, &msg, msg.message_type, msg.payload.clone());
+    });
+    (s, addr)
+}
+
+fn client_for(addr: SocketAddr) -> ClientConfig {
+    ClientConfig::new("127.0.0.1", addr.port())
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    f()
+}
+
+/// A raw TCP peer that completes the client handshake by hand.
+fn raw_client(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut hello_len = [0u8; 2];
+    s.read_exact(&mut hello_len).unwrap();
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(hello_len))];
+    s.read_exact(&mut body).unwrap();
+    s.write_all(&encode_hello(&LocalHello::default())).unwrap();
+    let mut ack = [0u8; 18];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(&ack[2..], br#"{"result": "ok"}"#);
+    s
+}
+
+fn frame(t: u16, id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    encode_frame(MessageType::new(t), id, payload, &mut v).unwrap();
+    v
+}
+
+#[test]
+fn silent_and_trickling_peers_are_cut_at_the_handshake_deadline() {
+    let timeout = Duration::from_millis(600);
+    let (s, addr) = echo_server(ServerConfig::new("127.0.0.1", 0).handshake_timeout(timeout));
+
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    let mut trickler = TcpStream::connect(addr).unwrap();
+    let hello = encode_hello(&LocalHello::default());
+    let trickle = std::thread::spawn(move || {
+        // One byte every 100 ms: never idle for a whole read timeout.
+        for b in hello.iter() {
+            if trickler.write_all(&[*b]).is_err() {
+                return Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Instant::now()
+    });
+
+    // Meanwhile a normal client is served.
+    let c = Client::new(client_for(addr)).unwrap();
+    c.connect().unwrap();
+    assert_eq!(
+        c.send_and_wait(T, "still serving", SECS5)
+            .unwrap()
+            .text()
+            .unwrap(),
+        "still serving"
+    );
+
+    // The silent peer gets the server hello, then EOF at the deadline.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    silent.read_to_end(&mut got).unwrap();
+    let cut_after = started.elapsed();
+    assert!(got.starts_with(&[0x00]), "server hello first");
+    assert!(
+        cut_after >= timeout && cut_after < timeout * 4,
+        "cut after {cut_after:?}"
+    );
+
+    // The trickler is cut before it finishes its 41-byte hello (4.1 s).
+    let stopped = trickle.join().unwrap();
+    assert!(
+        stopped - started < Duration::from_secs(3),
+        "trickler cut after {:?}",
+        stopped - started
+    );
+    assert_eq!(s.clients().len(), 1, "only the real client is connected");
+    c.disconnect();
+    s.close_all();
+}
+
+#[test]
+fn garbage_bad_crc_and_oversize_are_dropped_and_counted_then_frames_flow() {
+    let (s, addr) = server(ServerConfig::new("127.0.0.1", 0).max_message_size(1024));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    s.on_recv(move |_, _, msg| g.lock().unwrap().push(msg.payload.to_vec()));
+
+    let mut raw = raw_client(addr);
+    let mut wire = b"this is not a frame at all!".to_vec();
+    let mut bad = frame(200, 1, b"crc will not match");
+    let n = bad.len();
+    bad[n - 1] ^= 0xff;
+    wire.extend(bad);
+    // Oversize header: 15 + 100_000 > 1024 is rejected from the header alone.
+    wire.extend(&frame(200, 2, &vec![b'z'; 100_000])[..15]);
+    wire.extend(frame(200, 3, b"first good"));
+    wire.extend(frame(200, 4, b"second good"));
+    raw.write_all(&wire).unwrap();
+
+    assert!(wait_until(Duration::from_secs(5), || got
+        .lock()
+        .unwrap()
+        .len()
+        == 2));
+    assert_eq!(
+        *got.lock().unwrap(),
+        vec![b"first good".to_vec(), b"second good".to_vec()]
+    );
+    let client = s.clients().pop().unwrap();
+    let d = client.stats().unwrap().decoder;
+    assert!(
+        d.bad_magic >= 1 && d.crc_mismatch == 1 && d.oversize == 1,
+        "{d:?}"
+    );
+    assert_eq!(d.frames, 2);
+    drop(raw);
+    s.close_all();
+}
+
+#[test]
+fn a_flood_of_junk_never_grows_memory_past_the_cap() {
+    let (s, addr) = server(ServerConfig::new("127.0.0.1", 0).max_message_size(64 * 1024));
+    let mut raw = raw_client(addr);
+    // 8 MiB of 'V's: every byte could start a magic, none does.
+    let junk = vec![b'V'; 1 << 20];
+    for _ in 0..8 {
+        raw.write_all(&junk).unwrap();
+    }
+    raw.write_all(&frame(0, 77, b"")).unwrap(); // a PING after the junk
+    let mut pong = [0u8; 15];
+    raw.read_exact(&mut pong).unwrap();
+    assert_eq!(pong, frame(1, 77, b"")[..]);
+    let client = s.clients().pop().unwrap();
+    let stats = client.stats().unwrap();
+    assert!(stats.decoder.discarded_bytes >= 8 << 20, "{stats:?}");
+    drop(raw);
+    s.close_all();
+}
+
+#[test]
+fn reconnects_when_the_server_comes_back_with_veltix_states() {
+    let (s, addr) = echo_server(ServerConfig::new("127.0.0.1", 0));
+    let port = addr.port();
+    let states = Arc::new(Mutex::new(Vec::<DisconnectState>::new()));
+    let connects = Arc::new(AtomicUsize::new(0));
+    let c = Client::new(
+        client_for(addr)
+            .retry(50)
+            .retry_delay(Duration::from_millis(40)),
+    )
+    .unwrap();
+    let st = states.clone();
+    c.on_disconnect(move |_, s| st.lock().unwrap().push(s.clone()));
+    let n = connects.clone();
+    c.on_connect(move |_| {
+        n.fetch_add(1, Ordering::SeqCst);
+    });
+    c.connect().unwrap();
+    assert_eq!(connects.load(Ordering::SeqCst), 1);
+
+    s.close_all();
+    assert!(wait_until(Duration::from_secs(3), || states
+        .lock()
+        .unwrap()
+        .len()
+        >= 3));
+    // Back on the same port.
+    let s2 = Server::new(ServerConfig::new("127.0.0.1", port)).unwrap();
+    s2.on_recv(|server, client, msg| {
+        let _ = server.reply(client, &msg, msg.message_type, msg.payload.clone());
+    });
+    s2.start().unwrap();
+    assert!(wait_until(Duration::from_secs(5), || connects
+        .load(Ordering::SeqCst)
+        == 2));
+    assert_eq!(
+        c.send_and_wait(T, "again", SECS5).unwrap().text().unwrap(),
+        "again"
+    );
+
+    let seen = states.lock().unwrap().clone();
+    assert_eq!(seen[0].attempt, 0);
+    assert!(!seen[0].permanent);
+    assert_eq!(seen[0].reason, DisconnectReason::ServerClosed);
+    for (i, st) in seen.iter().enumerate() {
+        assert_eq!(st.attempt, i as u32, "attempts count up: {seen:?}");
+        assert!(!st.permanent);
+        assert_eq!(st.retry_max, 50);
+    }
+    c.disconnect();
+    let last = states.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.reason, DisconnectReason::Manual);
+    assert!(last.permanent);
+    s2.close_all();
+}
+
+#[test]
+fn refused_connect_follows_the_retry_policy_then_gives_up() {
+    // A port with nobody behind it.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let states = Arc::new(Mutex::new(Vec::new()));
+    let c = Client::new(
+        ClientConfig::new("127.0.0.1", port)
+            .retry(2)
+            .retry_delay(Duration::from_millis(100)),
+    )
+    .unwrap();
+    let st = states.clone();
+    let t0 = Instant::now();
+    c.on_disconnect(move |_, s| {
+        st.lock()
+            .unwrap()
+            .push((s.permanent, s.attempt, t0.elapsed()))
+    });
+    let err = c.connect().unwrap_err();
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    let seen = states.lock().unwrap().clone();
+    let shape: Vec<(bool, u32)> = seen.iter().map(|&(p, a, _)| (p, a)).collect();
+    // Veltix's observed sequence for N=2: (F,0) (F,1) (F,2) (T,2).
+    assert_eq!(shape, vec![(false, 0), (false, 1), (false, 2), (true, 2)]);
+    assert!(
+        seen[1].2 < Duration::from_millis(90),
+        "attempt 1 is immediate"
+    );
+    assert!(
+        seen[2].2 >= Duration::from_millis(100),
+        "attempt 2 waits retry_delay"
+    );
+}
+
+#[test]
+fn max_connection_counts_handshaking_peers_and_rejects_with_server_full() {
+    let (s, addr) = echo_server(ServerConfig::new("127.0.0.1", 0).max_connection(Some(1)));
+    // A peer that connects but never says hello still holds the only slot.
+    let _pending = TcpStream::connect(addr).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || s.is_full()));
+    let c = Client::new(client_for(addr)).unwrap();
+    match c.connect() {
+        Err(Error::Rejected(reason)) => assert_eq!(reason, "server_full"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    s.close_all();
+}
+
+#[test]
+fn a_panicking_callback_is_contained_and_order_is_kept() {
+    let (s, addr) = server(ServerConfig::new("127.0.0.1", 0).max_workers(4));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sn = seen.clone();
+    s.on_recv(move |_, _, msg| {
+        let n = u32::from_be_bytes(msg.payload[..4].try_into().unwrap());
+        if n == 1234 {
+            panic!("bug in a user callback");
+        }
+        sn.lock().unwrap().push(n);
+    });
+    let c = Client::new(client_for(addr)).unwrap();
+    c.connect().unwrap();
+    for n in 0..5000u32 {
+        c.send(T, n.to_be_bytes().to_vec()).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || seen
+        .lock()
+        .unwrap()
+        .len()
+        == 4999));
+    let want: Vec<u32> = (0..5000).filter(|&n| n != 1234).collect();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        want,
+        "serial per connection, in order"
+    );
+    assert_eq!(s.callback_panics(), 1);
+    assert!(c.ping_server(None).is_some(), "the connection survived");
+    c.disconnect();
+    s.close_all();
+}
+
+#[test]
+fn broadcast_reaches_connected_clients_once_with_one_id() {
+    let (s, addr) = server(ServerConfig::new("127.0.0.1", 0));
+    let got = Arc::new(Mutex::new(Vec::<(usize, Frame)>::new()));
+    let clients: Vec<Client> = (0..3)
+        .map(|i| {
+            let c = Client::new(client_for(addr)).unwrap();
+            let g = got.clone();
+            c.on_recv(move |_, f| g.lock().unwrap().push((i, f)));
+            c.connect().unwrap();
+            c
+        })
+        .collect();
+    // A fourth peer mid-handshake must not receive anything.
+    let mut half = TcpStream::connect(addr).unwrap();
+    assert!(wait_until(Duration::from_secs(2), || s.clients().len() == 3));
+    let except = s.clients().pop().unwrap();
+    let sent = s
+        .broadcast(MessageType::new(300), b"news", &[except])
+        .unwrap();
+    assert_eq!(sent, 2);
+    assert!(wait_until(Duration::from_secs(5), || got
+        .lock()
+        .unwrap()
+        .len()
+        == 2));
+    let got = got.lock().unwrap().clone();
+    assert_eq!(
+        got[0].1.request_id, got[1].1.request_id,
+        "one id for every copy"
+    );
+    assert!(got.iter().all(|(_, f)| &f.payload[..] == b"news"));
+    // The handshaking peer got only the server hello: no frame was written into its handshake.
+    half.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = half.read(&mut buf).unwrap();
+    assert_eq!(n, usize::from(u16::from_be_bytes([buf[0], buf[1]])) + 2);
+    for c in clients {
+        c.disconnect();
+    }
+    s.close_all();
+}
+
+#[test]
+fn server_send_and_wait_accepts_a_reply_only_from_that_client() {
+    let (s, addr) = server(ServerConfig::new("127.0.0.1", 0));
+    let a = Client::new(client_for(addr)).unwrap();
+    let b = Client::new(client_for(addr)).unwrap();
+    a.on_recv(|c, f| {
+        std::thread::sleep(Duration::from_millis(200));
+        c.reply(&f, T, "from a").unwrap();
+    });
+    a.connect().unwrap();
+    assert!(wait_until(Duration::from_secs(2), || s.clients().len() == 1));
+    let client_a = s.clients().pop().unwrap();
+    b.connect().unwrap();
+    let s2 = s.clone();
+    let req = std::thread::spawn(move || s2.send_and_wait(&client_a, T, "q", SECS5));
+    let stray = Arc::new(Mutex::new(Vec::new()));
+    let st = stray.clone();
+    s.on_recv(move |_, _, f| st.lock().unwrap().push((f.request_id, f.payload.to_vec())));
+    // B forges a "reply" carrying the id the server waits on (32768) before A answers.
+    std::thread::sleep(Duration::from_millis(50));
+    let waited_id = Frame::new(T, 32_768, bytes::Bytes::new());
+    b.reply(&waited_id, T, "forged by b").unwrap();
+    let reply = req.join().unwrap().unwrap();
+    assert_eq!(reply.text().unwrap(), "from a");
+    assert_eq!(reply.request_id, 32_768);
+    // The forgery was ordinary traffic from b.
+    assert!(wait_until(Duration::from_secs(2), || !stray
+        .lock()
+        .unwrap()
+        .is_empty()));
+    assert_eq!(stray.lock().unwrap()[0], (32_768, b"forged by b".to_vec()));
+    a.disconnect();
+    b.disconnect();
+    s.close_all();
+}
+
+#[test]
+fn pending_waiters_fail_with_the_close_reason_and_timeouts_are_typed() {
+    let (s, addr) = server(ServerConfig::new("127.0.0.1", 0));
+    // The server never answers type 200; it closes the client on type 201.
+    s.route(MessageType::new(201), |server, client, _| {
+        server.close_client(client);
+    });
+    let c = Client::new(client_for(addr)).unwrap();
+    c.connect().unwrap();
+    let err = c
+        .send_and_wait(T, "?", Some(Duration::from_millis(150)))
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout(_)), "{err}");
+    let c2 = c.clone();
+    let waiter = std::thread::spawn(move || c2.send_and_wait(T, "?", SECS5));
+    std::thread::sleep(Duration::from_millis(100));
+    c.send(MessageType::new(201), "close me").unwrap();
+    let err = waiter.join().unwrap().unwrap_err();
+    assert!(matches!(err, Error::Closed(_)), "{err}");
+    assert!(wait_until(Duration::from_secs(2), || !c.is_connected()));
+    assert!(matches!(c.send(T, "x"), Err(Error::NotConnected)));
+    c.disconnect();
+    s.close_all();
+}
+
+#[test]
+fn invalid_configs_are_typed_errors() {
+    let e = Server::new(ServerConfig::new("127.0.0.1", 0).max_workers(0)).unwrap_err();
+    assert!(
+        matches!(e, Error::Config(ref c) if c.field == "max_workers"),
+        "{e}"
+    );
+    let e = Client::new(ClientConfig::new("", 1)).unwrap_err();
+    assert!(matches!(e, Error::Config(_)), "{e}");
+}

@@ -92,6 +92,7 @@ pub mod payload;
 pub mod retry;
 
 mod connection;
+mod driver_error;
 mod error;
 mod event;
 mod json;
@@ -112,6 +113,7 @@ pub use decoder::{
     Decoded, Decoder, DecoderConfig, DecoderStats, Discard, DiscardReason, TypeSet,
     DEFAULT_MAX_BUFFER_SIZE,
 };
+pub use driver_error::Error;
 pub use error::SendError;
 pub use event::{CloseReason, Event, RequestFailure};
 pub use frame::{

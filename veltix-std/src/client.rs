@@ -13,9 +13,9 @@ use veltix_proto::{
     Frame, MessageType, PeerHello, Router,
 };
 
-use crate::error::Error;
 use crate::link::{Link, Sink};
 use crate::pool::{lock, Mailbox, Pool};
+use veltix_proto::Error;
 
 type ConnectFn = dyn Fn(&Client) + Send + Sync;
 type DisconnectFn = dyn Fn(&Client, &DisconnectState) + Send + Sync;
@@ -247,13 +247,8 @@ impl Client {
     fn dial(&self, pool: &Arc<Pool>) -> Result<Arc<Link>, Error> {
         let addr = self.resolve()?;
         let timeout = self.0.config.handshake_timeout;
-        let sock = TcpStream::connect_timeout(&addr, timeout).map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => Error::Refused(addr.to_string()),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                Error::TimedOut(timeout)
-            }
-            _ => Error::Io(e),
-        })?;
+        let sock = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| Error::from_connect(e, addr, timeout))?;
         let conn = Connection::client(self.0.connection.clone(), Instant::now());
         let sink = Arc::new(ClientSink {
             client: Arc::downgrade(&self.0),
@@ -264,12 +259,7 @@ impl Client {
             Ok(_) => Ok(link),
             Err(reason) => {
                 link.join();
-                Err(match reason {
-                    CloseReason::Handshake(veltix_proto::HandshakeError::TimedOut) => {
-                        Error::TimedOut(timeout)
-                    }
-                    r => r.into(),
-                })
+                Err(Error::from_handshake_close(reason, timeout))
             }
         }
     }
@@ -363,11 +353,7 @@ impl Client {
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "connect attempt failed");
-                    let reason = match &e {
-                        Error::Rejected(r) => DisconnectReason::Rejected(r.clone()),
-                        _ if initial => DisconnectReason::Error,
-                        _ => DisconnectReason::ServerClosed,
-                    };
+                    let reason = e.disconnect_reason(initial);
                     first = Some((e, reason));
                 }
             }

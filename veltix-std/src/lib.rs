@@ -48,18 +48,16 @@
 #![deny(missing_docs)]
 
 mod client;
-mod error;
 mod link;
 mod pool;
 mod server;
 
 pub use client::Client;
-pub use error::Error;
 pub use server::{ClientInfo, Server};
 pub use veltix_proto::config::{ClientConfig, ServerConfig};
 pub use veltix_proto::payload;
 pub use veltix_proto::retry::{Backoff, RetryPolicy};
 pub use veltix_proto::{
-    CloseReason, DisconnectReason, DisconnectState, Frame, HandshakeError, LocalHello, MessageType,
-    PeerHello, Tags,
+    CloseReason, DisconnectReason, DisconnectState, Error, Frame, HandshakeError, LocalHello,
+    MessageType, PeerHello, Tags,
 };

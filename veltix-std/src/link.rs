@@ -21,8 +21,8 @@ use veltix_proto::{
     RequestFailure,
 };
 
-use crate::error::Error;
 use crate::pool::{lock, wait};
+use veltix_proto::Error;
 
 /// What a role (client or server) does with a link's events. Called on the
 /// reader thread, outside every lock.

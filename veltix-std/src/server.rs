@@ -13,9 +13,9 @@ use veltix_proto::{
     Acceptor, CloseReason, Frame, MessageType, PeerHello, Router, ServerConfig, Tags,
 };
 
-use crate::error::Error;
 use crate::link::{Link, Sink};
 use crate::pool::{lock, Mailbox, Pool};
+use veltix_proto::Error;
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 

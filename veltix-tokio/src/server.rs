@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use veltix_proto::{
@@ -22,6 +22,8 @@ use crate::lock;
 
 /// Capacity of the server's event channel, shared by all peers.
 const EVENTS: usize = 4096;
+/// Pending connections the kernel may queue before `accept`.
+const LISTEN_BACKLOG: u32 = 4096;
 
 static NEXT_PEER_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -208,7 +210,12 @@ async fn accept_loop(listener: TcpListener, weak: Weak<Shared>, stop: Arc<Notify
             }
         };
         let _ = stream.set_nodelay(true);
-        lock(&s.tasks).retain(|t| !t.is_finished());
+        {
+            let mut tasks = lock(&s.tasks);
+            if tasks.len() % 64 == 0 {
+                tasks.retain(|t| !t.is_finished());
+            }
+        }
         let admitted = lock(&s.acceptor).accept(now());
         let conn = match admitted {
             Ok(c) => c,
@@ -253,7 +260,16 @@ impl Server {
             .map_err(|_| Error::Resolve(name.clone()))?
             .next()
             .ok_or(Error::Resolve(name))?;
-        let listener = TcpListener::bind(addr).await?;
+        // A deep backlog: a burst of connects must not overflow it (dropped
+        // SYNs are retried by the kernel only after 1 s, 3 s, 7 s ...).
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
         let local_addr = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(EVENTS);
         let shared = Arc::new(Shared {

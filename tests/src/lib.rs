@@ -273,3 +273,389 @@ impl Drop for PyPeer {
         let _ = self.child.wait();
     }
 }
+
+/// The named test payloads ("specs") that `tests/python/peer_common.py`
+/// builds identically, and byte-level assertion helpers. Used by the tokio
+/// interop and std ⇄ tokio tests (`interop_std.rs` keeps its own copy).
+pub mod specs {
+    use serde_json::{json, Value};
+    use veltix_proto::{payload, Frame, MessageType};
+
+    /// Type 200 on every side: echoed as is.
+    pub const ECHO: MessageType = MessageType::new(200);
+    /// Type 201 on every side: a JSON payload, answered re-encoded.
+    pub const JSON: MessageType = MessageType::new(201);
+
+    /// Every payload kind, in the order the echo tests send them.
+    pub const SPECS: [&str; 6] = ["empty", "text", "bin256", "frame", "mib", "json"];
+
+    /// The object `peer_common.JSON_OBJ` holds (keys sorted at every level, so
+    /// serde_json's sorted map re-encodes it in Python's insertion order).
+    pub fn json_obj() -> Value {
+        json!({
+            "ascii": "hello",
+            "empty_list": [],
+            "empty_obj": {},
+            "escapes": "quote\" backslash\\ slash/ nl\n tab\t nul\u{0} us\u{1f} del\u{7f}",
+            "floats": [0.1, -2.5, 1.0, -0.0, std::f64::consts::PI],
+            "ints": [0, -1, 9007199254740993u64, i64::MIN],
+            "nested": {"a": [1, {"b": null}], "f": false, "t": true},
+            "unicode": "caf\u{e9} \u{2713} \u{1F600} \u{20ac} \u{ff}",
+        })
+    }
+
+    /// The bytes of a payload spec (see `tests/python/peer_common.py`).
+    pub fn payload_of(spec: &str) -> Vec<u8> {
+        match spec {
+            "empty" => Vec::new(),
+            "text" => "hello, veltix \u{2713} caf\u{e9}".as_bytes().to_vec(),
+            "bin256" => (0..=255u8).collect(),
+            "frame" => unhex("56580000c8000000053610a686000168656c6c6f"),
+            "mib" => (0..1usize << 20)
+                .map(|i| ((i * 7 + i / 256) & 0xff) as u8)
+                .collect(),
+            "json" => payload::json(&json_obj())
+                .expect("JSON_OBJ encodes")
+                .to_vec(),
+            s => unhex(s.strip_prefix("hex:").expect("unknown payload spec")),
+        }
+    }
+
+    /// The message type a spec travels with.
+    pub fn type_of(spec: &str) -> MessageType {
+        if spec == "json" {
+            JSON
+        } else {
+            ECHO
+        }
+    }
+
+    /// Lowercase hex of `b`.
+    pub fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Bytes of a hex string; panics on bad input.
+    pub fn unhex(s: &str) -> Vec<u8> {
+        assert!(s.len() % 2 == 0, "odd hex length");
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    /// The `"hex"` field a peer printed, decoded.
+    pub fn hex_field(v: &Value) -> Vec<u8> {
+        unhex(v["hex"].as_str().unwrap_or_else(|| panic!("no hex in {v}")))
+    }
+
+    /// What an echo peer answers: the same bytes, or for [`JSON`] the decoded
+    /// value re-encoded with `payload::json` (Python's `json.dumps` layout).
+    pub fn echo_answer(msg: &Frame) -> bytes::Bytes {
+        if msg.message_type == JSON {
+            payload::json(&msg.json::<Value>().expect("JSON payload")).expect("re-encodes")
+        } else {
+            msg.payload.clone()
+        }
+    }
+
+    /// Asserts two payloads are equal without printing megabytes on failure.
+    #[track_caller]
+    pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+        if got != want {
+            let at = got.iter().zip(want).position(|(a, b)| a != b);
+            panic!(
+                "{what}: {} bytes received, {} expected; first difference at {at:?}; \
+                 got starts {}, want starts {}",
+                got.len(),
+                want.len(),
+                hex(&got[..got.len().min(64)]),
+                hex(&want[..want.len().min(64)]),
+            );
+        }
+    }
+}
+
+/// Async Rust peers for the tokio tests: a [`veltix_tokio::Server`] driven by
+/// an event loop task that echoes and records, and a responder loop for a
+/// [`veltix_tokio::Client`].
+pub mod tokio_peers {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tokio::sync::{mpsc, oneshot};
+    use tokio::task::JoinHandle;
+    use veltix_tokio::{
+        Client, ClientEvent, Frame, MessageType, Peer, PeerHello, Server, ServerConfig, ServerEvent,
+    };
+
+    use crate::specs::{echo_answer, ECHO, JSON};
+
+    /// Runs blocking work (a `veltix_std` call, a [`PyPeer`](crate::PyPeer)
+    /// wait) on tokio's blocking pool, never on a runtime worker; a panic in
+    /// it is re-raised in the caller.
+    pub async fn off<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        match tokio::task::spawn_blocking(f).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// One message a Rust peer received.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Got {
+        /// The sender's id on a server (`Peer::id`/`ClientInfo::id`), 0 on a client.
+        pub peer: u64,
+        /// Its type.
+        pub message_type: MessageType,
+        /// Its request id.
+        pub request_id: u16,
+        /// Its payload.
+        pub payload: Vec<u8>,
+    }
+
+    impl Got {
+        /// Records `f` as received from `peer`.
+        pub fn of(peer: u64, f: &Frame) -> Got {
+            Got {
+                peer,
+                message_type: f.message_type,
+                request_id: f.request_id,
+                payload: f.payload.to_vec(),
+            }
+        }
+    }
+
+    /// Connection counters kept by the event loop, in event order.
+    #[derive(Debug, Default)]
+    pub struct Counts {
+        /// `Connected` events.
+        pub connects: AtomicUsize,
+        /// `Disconnected` events.
+        pub disconnects: AtomicUsize,
+        /// Connected now.
+        pub current: AtomicUsize,
+        /// Most connected at once.
+        pub peak: AtomicUsize,
+    }
+
+    /// A [`Server`] whose event loop task records every `Message` event and
+    /// answers [`ECHO`] and [`JSON`] ones with [`echo_answer`] and the same id
+    /// (other types are only recorded). `Connected` peers are handed out by
+    /// [`next_client`](Self::next_client).
+    pub struct TokioEcho {
+        /// The server (clone it freely).
+        pub server: Server,
+        /// Its port.
+        pub port: u16,
+        /// Counters.
+        pub counts: Arc<Counts>,
+        got: Arc<Mutex<Vec<Got>>>,
+        reply_errors: Arc<Mutex<Vec<String>>>,
+        connected: mpsc::UnboundedReceiver<Peer>,
+        stop: Option<oneshot::Sender<()>>,
+        events: Option<JoinHandle<()>>,
+    }
+
+    impl TokioEcho {
+        /// Binds `config` and starts the event loop.
+        pub async fn start(config: ServerConfig) -> TokioEcho {
+            let server = Server::bind(config).await.expect("bind");
+            let port = server.local_addr().port();
+            let counts = Arc::new(Counts::default());
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let reply_errors = Arc::new(Mutex::new(Vec::new()));
+            let (tx, connected) = mpsc::unbounded_channel();
+            let (stop, mut stopped) = oneshot::channel::<()>();
+            let events = {
+                let (s, counts, got, errors) = (
+                    server.clone(),
+                    counts.clone(),
+                    got.clone(),
+                    reply_errors.clone(),
+                );
+                tokio::spawn(async move {
+                    loop {
+                        // The stop signal: a `recv` pending at shutdown with
+                        // no peer left never returns (see std_tokio.rs).
+                        let ev = tokio::select! {
+                            ev = s.recv() => ev,
+                            _ = &mut stopped => None,
+                        };
+                        let Some(ev) = ev else { break };
+                        match ev {
+                            ServerEvent::Connected(p) => {
+                                counts.connects.fetch_add(1, Ordering::SeqCst);
+                                let now = counts.current.fetch_add(1, Ordering::SeqCst) + 1;
+                                counts.peak.fetch_max(now, Ordering::SeqCst);
+                                let _ = tx.send(p);
+                            }
+                            ServerEvent::Message(p, msg) => {
+                                got.lock().unwrap().push(Got::of(p.id(), &msg));
+                                if msg.message_type == ECHO || msg.message_type == JSON {
+                                    let answer = echo_answer(&msg);
+                                    if let Err(e) = s.reply(&p, &msg, msg.message_type, answer) {
+                                        errors.lock().unwrap().push(format!(
+                                            "reply to peer {} id {}: {e}",
+                                            p.id(),
+                                            msg.request_id
+                                        ));
+                                    }
+                                }
+                            }
+                            ServerEvent::Disconnected(..) => {
+                                counts.current.fetch_sub(1, Ordering::SeqCst);
+                                counts.disconnects.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            };
+            TokioEcho {
+                server,
+                port,
+                counts,
+                got,
+                reply_errors,
+                connected,
+                stop: Some(stop),
+                events: Some(events),
+            }
+        }
+
+        /// The port as a command-line argument.
+        pub fn port_arg(&self) -> String {
+            self.port.to_string()
+        }
+
+        /// Everything received so far, in arrival order.
+        pub fn got(&self) -> Vec<Got> {
+            self.got.lock().unwrap().clone()
+        }
+
+        /// Replies that could not be queued (the peer had gone).
+        pub fn reply_errors(&self) -> Vec<String> {
+            self.reply_errors.lock().unwrap().clone()
+        }
+
+        /// The next peer that finished its handshake; panics after `timeout`.
+        pub async fn next_client(&mut self, timeout: Duration) -> Peer {
+            tokio::time::timeout(timeout, self.connected.recv())
+                .await
+                .expect("no client connected to the tokio server")
+                .expect("event loop ended")
+        }
+
+        /// Polls until `cond` holds; panics after `timeout`.
+        pub async fn wait_until(
+            &self,
+            what: &str,
+            timeout: Duration,
+            mut cond: impl FnMut(&Self) -> bool,
+        ) {
+            let deadline = tokio::time::Instant::now() + timeout;
+            while !cond(self) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "timed out waiting until {what}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+
+        /// `shutdown` (1 s flush deadline), then ends the event loop.
+        pub async fn stop(mut self) {
+            self.server.shutdown(Duration::from_secs(1)).await;
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(h) = self.events.take() {
+                h.await.expect("event loop panicked");
+            }
+        }
+    }
+
+    impl Drop for TokioEcho {
+        fn drop(&mut self) {
+            if let Some(h) = self.events.take() {
+                h.abort();
+            }
+        }
+    }
+
+    /// A task answering a [`Client`]'s `Message` events: [`ECHO`]/[`JSON`]
+    /// with [`echo_answer`] and the same id; every message is recorded (peer 0),
+    /// and so are `Connected` hellos.
+    pub struct Responder {
+        got: Arc<Mutex<Vec<Got>>>,
+        hellos: Arc<Mutex<Vec<PeerHello>>>,
+        stop: Option<oneshot::Sender<()>>,
+        task: Option<JoinHandle<()>>,
+    }
+
+    impl Responder {
+        /// Starts answering for `client`.
+        pub fn start(client: &Client) -> Responder {
+            let got = Arc::new(Mutex::new(Vec::new()));
+            let hellos = Arc::new(Mutex::new(Vec::new()));
+            let (stop, mut stopped) = oneshot::channel::<()>();
+            let (c, g, h) = (client.clone(), got.clone(), hellos.clone());
+            let task = tokio::spawn(async move {
+                loop {
+                    // A pending `recv` may never return once the server
+                    // closed (see std_tokio.rs): stop on a signal too.
+                    let ev = tokio::select! {
+                        ev = c.recv() => ev,
+                        _ = &mut stopped => None,
+                    };
+                    match ev {
+                        None => break,
+                        Some(ClientEvent::Connected(hello)) => h.lock().unwrap().push(hello),
+                        Some(ClientEvent::Message(msg)) => {
+                            g.lock().unwrap().push(Got::of(0, &msg));
+                            if msg.message_type == ECHO || msg.message_type == JSON {
+                                let _ = c.reply(&msg, msg.message_type, echo_answer(&msg));
+                            }
+                        }
+                        Some(ClientEvent::Disconnected(_)) => {}
+                    }
+                }
+            });
+            Responder {
+                got,
+                hellos,
+                stop: Some(stop),
+                task: Some(task),
+            }
+        }
+
+        /// Everything received so far, in order.
+        pub fn got(&self) -> Vec<Got> {
+            self.got.lock().unwrap().clone()
+        }
+
+        /// The hellos of `Connected` events seen so far.
+        pub fn hellos(&self) -> Vec<PeerHello> {
+            self.hellos.lock().unwrap().clone()
+        }
+
+        /// Ends the task.
+        pub async fn stop(mut self) {
+            if let Some(stop) = self.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(t) = self.task.take() {
+                t.await.expect("responder panicked");
+            }
+        }
+    }
+
+    impl Drop for Responder {
+        fn drop(&mut self) {
+            if let Some(t) = self.task.take() {
+                t.abort();
+            }
+        }
+    }
+}

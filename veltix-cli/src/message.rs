@@ -1,0 +1,83 @@
+//! `veltix send` (fire and forget) and `veltix request` (wait for the reply).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use veltix_std::MessageType;
+
+use crate::common::{hex, millis, parse_positive_secs, ConnectArgs, MessageArgs};
+use crate::exit::CliError;
+
+/// Arguments of `veltix send`.
+#[derive(Debug, Clone, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub message: MessageArgs,
+}
+
+/// Arguments of `veltix request`.
+#[derive(Debug, Clone, Args)]
+pub struct RequestArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub message: MessageArgs,
+    /// How long to wait for the reply, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_positive_secs)]
+    pub timeout: Duration,
+    /// Write only the reply's raw payload bytes to stdout.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Connects, sends one message, flushes it and disconnects.
+pub fn send(args: &SendArgs) -> Result<(), CliError> {
+    let payload = args.message.payload.bytes()?;
+    let t = MessageType::new(args.message.message_type);
+    let client = args.connect.connect()?;
+    let peer = args.connect.peer_name(&client);
+    let size = payload.len();
+    let sent = client.send(t, payload);
+    // Flushes what is queued, then closes.
+    client.disconnect();
+    let id = sent.map_err(|e| CliError::from(e).context(format_args!("send to {peer} failed")))?;
+    println!("sent to {peer}: type={t} id={id} size={size}");
+    Ok(())
+}
+
+/// Connects, sends a request and prints the reply.
+pub fn request(args: &RequestArgs) -> Result<(), CliError> {
+    let payload = args.message.payload.bytes()?;
+    let t = MessageType::new(args.message.message_type);
+    let client = args.connect.connect()?;
+    let peer = args.connect.peer_name(&client);
+    let started = Instant::now();
+    let reply = client.send_and_wait(t, payload, Some(args.timeout));
+    let rtt = started.elapsed();
+    client.disconnect();
+    let reply = reply.map_err(|e| CliError::request(e, &peer, args.timeout))?;
+
+    let mut out = std::io::stdout().lock();
+    let written = if args.raw {
+        out.write_all(&reply.payload)
+    } else {
+        let (kind, body) = match std::str::from_utf8(&reply.payload) {
+            Ok(text) => ("text", text.to_owned()),
+            Err(_) => ("hex", hex(&reply.payload)),
+        };
+        writeln!(
+            out,
+            "reply from {peer}: type={} id={} size={} time={} ms ({kind})\n{body}",
+            reply.message_type,
+            reply.request_id,
+            reply.payload.len(),
+            millis(rtt),
+        )
+    };
+    written
+        .and_then(|()| out.flush())
+        .map_err(|e| CliError::failure(format!("cannot write the reply: {e}")))
+}

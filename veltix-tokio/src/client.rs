@@ -345,10 +345,17 @@ impl Client {
         let s = self.shared();
         let mut rx = s.rx.lock().await;
         loop {
+            // Registered before the flag is read, so a disconnect cannot slip between.
+            let stopped = s.stop.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
             let (_, d) = if s.manual.load(Ordering::SeqCst) {
                 rx.try_recv().ok()?
             } else {
-                rx.recv().await?
+                tokio::select! {
+                    r = rx.recv() => r?,
+                    () = stopped => continue,
+                }
             };
             match d {
                 Delivery::Connected(p) => return Some(ClientEvent::Connected(p)),

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus fuzz/corpus/<target>/ from the golden vectors.
+
+Run from anywhere: `python3 fuzz/make_corpus.py`. It rewrites every
+fuzz/corpus/<target>/ folder from scratch (deterministically), so the
+committed corpus always matches veltix-proto/tests/vectors.json and the
+input layouts documented in veltix-proto/src/fuzz*.rs and fuzz/README.md.
+"""
+
+import json
+import random
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+FUZZ = Path(__file__).resolve().parent
+VECTORS = json.loads((FUZZ.parent / "veltix-proto/tests/vectors.json").read_text())
+OUT = FUZZ / "corpus"
+
+TARGETS = [
+    "frame_decode",
+    "frame_roundtrip",
+    "frame_chunking",
+    "handshake_client",
+    "handshake_server",
+    "connection_ops",
+    "retry_policy",
+]
+
+written = {t: 0 for t in TARGETS}
+for t in TARGETS:
+    shutil.rmtree(OUT / t, ignore_errors=True)
+    (OUT / t).mkdir(parents=True)
+
+
+def put(target, name, data):
+    path = OUT / target / name
+    assert not path.exists(), path
+    path.write_bytes(bytes(data))
+    written[target] += 1
+
+
+def frame(type_code, request_id, payload=b"", flags=0):
+    return (
+        b"VX"
+        + bytes([flags])
+        + struct.pack(">HII", type_code, len(payload), zlib.crc32(payload))
+        + struct.pack(">H", request_id)
+        + payload
+    )
+
+
+frames = [(f["name"], bytes.fromhex(f["frame_hex"])) for f in VECTORS["frames"] if f["frame_hex"]]
+big = next(f for f in VECTORS["frames"] if not f["frame_hex"])
+big_frame = bytes.fromhex(big["header_hex"]) + bytes(i % 256 for i in range(big["payload_len"]))
+assert big_frame == frame(big["type_code"], big["request_id"], big_frame[15:]), "64 KiB vector"
+decode_only = [(f["name"], bytes.fromhex(f["frame_hex"])) for f in VECTORS["decode_only"]]
+streams = [
+    (s, b"".join(bytes.fromhex(c) for c in s["chunks_hex"])) for s in VECTORS["streams"]
+]
+split_stream = bytes.fromhex(VECTORS["split_read_check"]["stream_hex"])
+hs = {m["name"]: bytes.fromhex(m["hex"]) for m in VECTORS["handshake"]["messages"]}
+post = VECTORS["handshake"]["post_handshake_examples"]
+ping = bytes.fromhex(post["server_replies_pong"]["client_sends_ping_hex"])
+reactions = VECTORS["handshake"]["server_reactions_to_client_hello"]
+
+
+def padded_hello(length):
+    """A client hello padded with JSON whitespace to `length` body bytes."""
+    body = b'{"v": "3.3.0", "pv": "1.0", "meta": {}}'
+    body = body + b" " * (length - len(body))
+    return struct.pack(">H", length) + body
+
+
+def client_hellos():
+    for r in reactions:
+        if r["client_sends_hex"] is not None:
+            yield r["name"], bytes.fromhex(r["client_sends_hex"])
+        elif r["name"] == "length_30720_max":
+            yield r["name"], padded_hello(30720)
+
+
+# ---------------------------------------------------------------- frame_decode
+# 4 bytes: flags (bit 0 strict, bit 1 type filter, bits 2-3 max_message_size
+# class, bits 4-5 max_buffer_size class, bits 6-7 push mode), cut style, a, b;
+# then the stream.
+
+def decode_prefix(s, strict=False, style=3, mode=0):
+    flags = (1 if strict else 0) | (mode << 6)
+    if s is not None:
+        flags |= 2  # the vectors' receiver registers only its type codes
+        flags |= {1024: 1}.get(s["max_message_size"], 0) << 2
+        flags |= {50: 1}.get(s["max_buffer_size"], 0) << 4
+    # a, b = 0x00, 0xc8: the extra accepted type is 200, already registered.
+    return bytes([flags, style, 0x00, 0xC8])
+
+
+for i, (s, data) in enumerate(streams):
+    put("frame_decode", f"stream-{s['name']}", decode_prefix(s) + data)
+    if i % 2 == 0:
+        put("frame_decode", f"stream-{s['name']}-strict-bytewise",
+            decode_prefix(s, strict=True, style=0, mode=1) + data)
+# (frame_roundtrip has every frame; a few suffice here)
+for name, data in frames[:6] + decode_only:
+    put("frame_decode", f"frame-{name}", decode_prefix(None) + data)
+for style, mode in [(0, 0), (1, 1), (2, 2), (4, 3)]:
+    put("frame_decode", f"split_read_check-{style}-{mode}",
+        decode_prefix(None, style=style, mode=mode) + split_stream)
+
+# ------------------------------------------------------------- frame_roundtrip
+# Raw bytes (decoded with the default config), read again as Unstructured.
+for name, data in frames + decode_only:
+    put("frame_roundtrip", name, data)
+put("frame_roundtrip", "split_read_check", split_stream)
+put("frame_roundtrip", big["name"], big_frame)
+
+# -------------------------------------------------------------- frame_chunking
+# Raw bytes: the frames they decode to make the stream; then Unstructured.
+for s, data in streams:
+    put("frame_chunking", s["name"], data)
+put("frame_chunking", "split_read_check", split_stream)
+put("frame_chunking", "all_frames", b"".join(d for _, d in frames))
+
+# ------------------------------------------------------------ handshake_client
+# 4 bytes: flags (bit 0 structured, bit 1 strict, bit 2 EOF at the end,
+# bits 3-4 timer order), timeout (x 40 ms), cut style, time style; then the
+# server's bytes verbatim (raw mode).
+
+def hs_prefix(flags=0, timeout=125, style=3, time=0):
+    return bytes([flags, timeout, style, time])
+
+
+server_ok = hs["server_hello"] + hs["ack_ok"]
+client_inputs = [
+    ("ok", server_ok),
+    ("ok-then-ping", server_ok + ping),
+    ("ok-then-frames", server_ok + split_stream),
+    ("server_full", hs["error_server_full"]),
+    ("hello-then-server_full", hs["server_hello"] + hs["error_server_full"]),
+    ("hello-only", hs["server_hello"]),
+]
+for name, r in client_hellos():
+    # The client checks the server's hello with the same rules.
+    client_inputs.append((f"server-hello-{name}", r + hs["ack_ok"]))
+for name, data in client_inputs:
+    put("handshake_client", f"raw-{name}", hs_prefix() + data)
+for i, (flags, style, time) in enumerate([(0x04, 0, 1), (0x08, 1, 2), (0x12, 4, 3), (0x18, 2, 7)]):
+    put("handshake_client", f"raw-ok-variant{i}", hs_prefix(flags, 125, style, time) + server_ok + ping)
+rng = random.Random(1)
+for i in range(4):
+    put("handshake_client", f"structured-{i}",
+        hs_prefix(1 | (i << 3), 125, i, i) + bytes(rng.randrange(256) for _ in range(160)))
+
+# ------------------------------------------------------------ handshake_server
+for name, data in client_hellos():
+    put("handshake_server", f"raw-{name}", hs_prefix() + data)
+put("handshake_server", "raw-standard-then-ping", hs_prefix() + hs["client_hello"] + ping)
+for i, (flags, style, time) in enumerate([(0x04, 0, 1), (0x08, 1, 2), (0x12, 4, 3), (0x18, 2, 7)]):
+    put("handshake_server", f"raw-standard-variant{i}",
+        hs_prefix(flags, 125, style, time) + hs["client_hello"] + ping)
+for i in range(4):
+    put("handshake_server", f"structured-{i}",
+        hs_prefix(1 | (i << 3), 125, i, i) + bytes(rng.randrange(256) for _ in range(160)))
+
+# -------------------------------------------------------------- connection_ops
+# 4 bytes: client settings, server settings, handshake timeout ((b+1) x 50 ms),
+# bit 0: deliver everything first. Then ops: one byte (0x80 = server side,
+# low nibble = op) and its arguments.
+SEND, SEND_ID, REQ, REQ_ID, REPLY, PING, CANCEL, CLOSE = range(8)
+ADV, DELIVER, JUNK, EOF, TERR, PUMP, ENC, NEXT_DEADLINE = range(8, 16)
+S = 0x80
+STALL = PUMP | 0x10  # stop (or resume) taking that side's output
+TY = {0: 0, 1: 1, 200: 2, 201: 3, 300: 4, 4321: 5, 9999: 6, 65535: 7}
+
+
+def pl(n=5, fill=0x61):
+    """Payload bytes: length byte (< 200: length x 4), fill byte."""
+    assert n < 50
+    return [n * 4, fill]
+
+
+def ops(*items):
+    out = []
+    for it in items:
+        out.extend(it if isinstance(it, (list, tuple)) else [it])
+    return bytes(out)
+
+
+def junk(data):
+    assert len(data) < 64
+    return [JUNK, len(data)] + list(data)
+
+
+def sjunk(data):
+    return [JUNK | S, len(data)] + list(data)
+
+
+scripts = {
+    "request-reply": (
+        [0, 0, 99, 1],
+        ops([REQ, TY[200]] + pl() + [50], PUMP, [REPLY | S, 0, TY[201]] + pl(3), PUMP, ADV, 200),
+    ),
+    "ping-both-ways": ([0, 0, 99, 1], ops([PING, 10], [PING | S, 10], PUMP, [ADV, 10], PUMP)),
+    "request-timeout": (
+        [0, 0, 99, 1],
+        ops([REQ, TY[200]] + pl() + [5], [ADV, 20], NEXT_DEADLINE, PUMP, [ADV, 255]),
+    ),
+    "server-request-window-1": (
+        [0, 0x20, 99, 1],
+        ops([REQ | S, TY[300]] + pl() + [100], [REQ | S, TY[300]] + pl() + [100], [PING | S, 10],
+            PUMP, [REPLY, 0, TY[200]] + pl(), PUMP, [CANCEL | S, 0, 0]),
+    ),
+    "golden-ping-injected": ([0, 0, 99, 1], ops(sjunk(ping), [DELIVER | S, 0], PUMP)),
+    "golden-frames-injected": (
+        [0, 0, 99, 1],
+        ops(junk(frames[1][1]), sjunk(frames[0][1]), sjunk(b"junkVX"), PUMP),
+    ),
+    "strict-junk": ([0x10, 0x10, 99, 1], ops([REQ, TY[200]] + pl() + [50], sjunk(b"\x00garbage, not a frame"), PUMP)),
+    "handshake-bytewise": (
+        [0, 0, 99, 0],
+        ops(*([[DELIVER, 1]] * 41), *([[DELIVER | S, 1]] * 41), *([[DELIVER, 1]] * 18), [SEND, TY[200]] + pl(), PUMP),
+    ),
+    "handshake-timeout": ([0, 0, 3, 0], ops([DELIVER, 10], [ADV, 30], NEXT_DEADLINE, PUMP)),
+    "queue-full-pong-dropped": (
+        [0, 0x01, 99, 1],
+        ops(STALL | S, [SEND | S, TY[200], 210, 0x41], [SEND | S, TY[200], 210, 0x41], [PING, 100],
+            PUMP, STALL | S, PUMP),
+    ),
+    "graceful-close": ([0, 0, 99, 1], ops([REQ, TY[200]] + pl() + [50], CLOSE | 0x10, PUMP)),
+    "eof-and-reset": ([0, 0, 99, 1], ops([PING, 50], [EOF | S], [REQ, TY[200]] + pl() + [50], [TERR], PUMP)),
+    "big-payloads-small-limit": (
+        [0x08, 0x04, 99, 1],
+        ops([SEND, TY[200], 215, 0x00], [ENC | S, TY[201], 0x80, 0x00, 212, 0x80], PUMP),
+    ),
+    "type-filter": ([0x80, 0x80, 99, 1], ops([SEND, TY[4321]] + pl(), [REQ, TY[9999]] + pl() + [50], PUMP, NEXT_DEADLINE)),
+}
+for name, (prefix, script) in scripts.items():
+    put("connection_ops", name, bytes(prefix) + script)
+
+# ---------------------------------------------------------------- retry_policy
+# retries class (+ arg), delay (class + args), shape (0 fixed, 1 with_backoff,
+# 2 through ClientConfig), [factor, max_delay, jitter], seed (u64 LE), then
+# ops: 0-4 failure + reason, 5 success, 6 stop + reason, 7 restart + max.
+FAIL, OK, STOP, RESTART = 0, 5, 6, 7
+SPECIAL = {"nan": 0, "inf": 1, "-inf": 2, "-1": 3, "0": 4, "-0": 5, "0.5": 6, "1": 7,
+           "1.5": 8, "2": 9, "10": 10, "tiny": 11, "huge": 12, "eps": 13, "max": 14}
+
+
+def ms(n):
+    assert n % 10 == 0 and n // 10 < 256
+    return [1, n // 10]
+
+
+def fl(name):
+    return [SPECIAL[name]]
+
+
+def seed(n):
+    return list(struct.pack("<Q", n))
+
+
+veltix_fails = [FAIL, 1] * 4  # Error, as a refused connect
+retry_seeds = {
+    "veltix-fixed-2x200ms": [1, 1] + ms(200) + [0] + seed(42) + veltix_fails,
+    "no-retry": [0] + ms(1000) + [0] + seed(1) + [FAIL, 0, OK, FAIL, 3, RESTART, 3] + veltix_fails,
+    "backoff-2x-500ms-jitter-half": (
+        [1, 4] + ms(100) + [1] + fl("2") + ms(500) + fl("0.5") + seed(7)
+        + veltix_fails * 2 + [OK] + veltix_fails + [STOP, 0, FAIL, 0, RESTART, 0] + veltix_fails
+    ),
+    "config-backoff": [1, 3] + ms(100) + [2] + fl("1.5") + ms(2000) + fl("0.5") + seed(9) + veltix_fails * 2,
+    "rejected-first": [1, 4] + ms(100) + [0] + seed(3) + [FAIL, 3, FAIL, 3, OK, FAIL, 0, FAIL, 3],
+    "nan-factor-inf-jitter": [1, 4] + ms(100) + [1] + fl("nan") + ms(500) + fl("inf") + seed(5) + veltix_fails * 2,
+    "negative-factor-and-jitter": [1, 4] + ms(100) + [1] + fl("-1") + ms(500) + fl("-1") + seed(5) + veltix_fails * 2,
+    "huge-factor-max-cap": [3] + ms(100) + [1] + fl("max") + [4] + fl("1") + seed(5) + veltix_fails * 8,
+    "fixed-duration-max": [3, 4, 0] + seed(0) + veltix_fails * 3,
+    "restart-budgets": [0] + ms(100) + [0] + seed(0) + [RESTART, 0, FAIL, 0, RESTART, 255, 1, 0, 0, 0] + veltix_fails,
+}
+for name, data in retry_seeds.items():
+    put("retry_policy", name, bytes(data))
+
+total = sum(written.values())
+size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
+for t in TARGETS:
+    print(f"{t:18} {written[t]:4} files")
+print(f"{'total':18} {total:4} files, {size} bytes")
+assert total < 200 and size < 1 << 20, "keep the seed corpus small"

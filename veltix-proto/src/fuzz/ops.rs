@@ -1,0 +1,621 @@
+//! `connection_ops`: a client and a server [`Connection`] joined by in-memory
+//! byte queues, driven by an arbitrary script of commands, time and corruption.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arbitrary::{Result, Unstructured};
+use bytes::Bytes;
+
+use super::prefix;
+use crate::connection::{Connection, ConnectionConfig, DEFAULT_MAX_OUTBOUND};
+use crate::correlation::{RequestKind, MAX_ID_WINDOW, SERVER_ID_BASE};
+use crate::decoder::{TypeSet, DEFAULT_MAX_BUFFER_SIZE};
+use crate::error::SendError;
+use crate::event::{CloseReason, Event, RequestFailure};
+use crate::frame::{EncodedFrame, MessageType, DEFAULT_MAX_MESSAGE_SIZE, HEADER_LEN};
+use crate::handshake::Side;
+
+/// Most ops one input runs.
+const MAX_OPS: usize = 300;
+
+/// The settings of one side from one byte: bits 0–1 `max_outbound` (32 MiB,
+/// 64, 512, 0), bits 2–3 `max_message_size` (10 MiB, 1024, 64, 15), bit 4
+/// strict, bits 5–6 `id_window` (30 000, 1, 2, 4), bit 7 accept only
+/// types 0, 1, 200, 201 and 300.
+fn config(b: u8, handshake_timeout: Duration) -> ConnectionConfig {
+    let mut c = ConnectionConfig {
+        handshake_timeout,
+        max_outbound: [DEFAULT_MAX_OUTBOUND, 64, 512, 0][usize::from(b & 3)],
+        id_window: [30_000, 1, 2, 4][usize::from((b >> 5) & 3)],
+        ..ConnectionConfig::default()
+    };
+    c.decoder.max_message_size =
+        [DEFAULT_MAX_MESSAGE_SIZE, 1024, 64, HEADER_LEN][usize::from((b >> 2) & 3)];
+    c.decoder.max_buffer_size = DEFAULT_MAX_BUFFER_SIZE;
+    c.decoder.strict = b & 0x10 != 0;
+    if b & 0x80 != 0 {
+        let set: TypeSet = [0, 1, 200, 201, 300].into_iter().map(MessageType).collect();
+        c.decoder.accepted_types = Some(Arc::new(set));
+    }
+    c
+}
+
+const TYPES: [u16; 8] = [0, 1, 200, 201, 300, 4321, 9999, 65535];
+const LENS: [usize; 16] = [
+    0, 1, 14, 15, 16, 49, 50, 100, 1000, 1009, 4095, 4096, 4097, 8192, 20_000, 70_000,
+];
+
+fn byte(u: &mut Unstructured<'_>) -> Result<u8> {
+    u.arbitrary()
+}
+
+fn id16(u: &mut Unstructured<'_>) -> Result<u16> {
+    Ok(u16::from_be_bytes([byte(u)?, byte(u)?]))
+}
+
+fn ty(u: &mut Unstructured<'_>) -> Result<MessageType> {
+    Ok(MessageType(TYPES[usize::from(byte(u)? % 8)]))
+}
+
+/// A payload from two bytes: length (`< 200`: `b / 4`, else one of [`LENS`])
+/// and content (one repeated byte, or `"VX\0"` over and over when the high bit is set).
+fn payload(u: &mut Unstructured<'_>) -> Result<Bytes> {
+    let l = byte(u)?;
+    let fill = byte(u)?;
+    let len = if l < 200 {
+        usize::from(l / 4)
+    } else {
+        LENS[usize::from(l - 200) % LENS.len()]
+    };
+    Ok(if fill & 0x80 != 0 {
+        b"VX\0".iter().copied().cycle().take(len).collect()
+    } else {
+        Bytes::from(vec![fill; len])
+    })
+}
+
+fn timeout(u: &mut Unstructured<'_>) -> Result<Duration> {
+    Ok(Duration::from_millis(20 * u64::from(byte(u)?)))
+}
+
+/// One connection and what the script knows about it.
+struct Peer {
+    side: Side,
+    conn: Connection,
+    /// The latest `now` given to it.
+    now: Instant,
+    /// Ids returned by `request`/`ping` that have not ended yet: kind, sent at, deadline.
+    outstanding: BTreeMap<u16, (RequestKind, Instant, Instant)>,
+    /// Ids of messages received, to reply to.
+    received: Vec<u16>,
+    connected: bool,
+    closed: Option<CloseReason>,
+    /// Output still allowed after a close: what was queued when `close()` was called.
+    allowed_after_close: usize,
+    frames_out_at_close: Option<u64>,
+    bytes_out: u64,
+    /// The driver does not take our output (a peer that does not read).
+    stalled: bool,
+}
+
+impl Peer {
+    fn new(side: Side, config: ConnectionConfig, now: Instant) -> Self {
+        Peer {
+            side,
+            conn: Connection::new(side, Arc::new(config), now),
+            now,
+            outstanding: BTreeMap::new(),
+            received: Vec::new(),
+            connected: false,
+            closed: None,
+            allowed_after_close: 0,
+            frames_out_at_close: None,
+            bytes_out: 0,
+            stalled: false,
+        }
+    }
+
+    fn at(&mut self, now: Instant) -> Instant {
+        if now > self.now {
+            self.now = now;
+        }
+        self.now
+    }
+
+    fn window(&self) -> u16 {
+        self.conn.config().id_window.clamp(1, MAX_ID_WINDOW)
+    }
+
+    /// A command either queues exactly one frame of `15 + len` bytes, or
+    /// refuses and changes nothing.
+    fn command<T: std::fmt::Debug>(
+        &mut self,
+        len: usize,
+        f: impl FnOnce(&mut Connection) -> std::result::Result<T, SendError>,
+    ) -> Option<T> {
+        let before = (
+            self.conn.queued_bytes(),
+            self.conn.pending_requests(),
+            self.conn.stats().frames_out,
+        );
+        let r = f(&mut self.conn);
+        let after = (
+            self.conn.queued_bytes(),
+            self.conn.pending_requests(),
+            self.conn.stats().frames_out,
+        );
+        match r {
+            Ok(v) => {
+                assert!(self.connected && self.closed.is_none() && !self.conn.is_closed());
+                assert_eq!(after.0, before.0 + HEADER_LEN + len, "queued bytes");
+                assert_eq!(after.2, before.2 + 1, "frames_out");
+                Some(v)
+            }
+            Err(e) => {
+                assert_eq!(before, after, "a refused command changed something: {e:?}");
+                match &e {
+                    SendError::NotConnected => assert!(self.conn.is_handshaking()),
+                    SendError::Closed(r) => assert_eq!(self.conn.close_reason(), Some(r)),
+                    SendError::QueueFull { queued, limit } => {
+                        assert!(*queued > 0 && queued + HEADER_LEN + len > *limit)
+                    }
+                    SendError::IdsExhausted(_) => {
+                        let (base, window) = match self.side {
+                            Side::Client => (0, MAX_ID_WINDOW),
+                            Side::Server => (SERVER_ID_BASE, self.window()),
+                        };
+                        assert!(
+                            (0..window).all(|i| self.conn.is_pending(base.wrapping_add(i))),
+                            "IdsExhausted with a free id"
+                        );
+                    }
+                    SendError::IdInUse(id) => assert!(self.conn.is_pending(*id)),
+                    SendError::PayloadTooLarge(_) => panic!("payloads here are small"),
+                }
+                None
+            }
+        }
+    }
+
+    /// A new request or ping id: never one already outstanding, and from our half.
+    fn started(&mut self, id: u16, kind: RequestKind, now: Instant, timeout: Duration, auto: bool) {
+        assert!(
+            !self.outstanding.contains_key(&id),
+            "id {id} handed out while still pending"
+        );
+        assert!(self.conn.is_pending(id));
+        if auto {
+            match self.side {
+                Side::Client => assert!(id < SERVER_ID_BASE, "client id {id}"),
+                Side::Server => assert!(
+                    id.wrapping_sub(SERVER_ID_BASE) < self.window(),
+                    "server id {id} outside its window"
+                ),
+            }
+        }
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365));
+        self.outstanding.insert(id, (kind, now, deadline));
+    }
+
+    fn event(&mut self, e: Event) {
+        assert!(
+            self.closed.is_none(),
+            "{:?}: event after Closed: {e:?}",
+            self.side
+        );
+        match e {
+            Event::Connected(_) => {
+                assert!(!self.connected, "Connected twice");
+                self.connected = true;
+            }
+            Event::Message(f) => {
+                assert!(self.connected);
+                assert_ne!(
+                    f.message_type,
+                    MessageType::PING,
+                    "PING reached the application"
+                );
+                assert!(
+                    !self.outstanding.contains_key(&f.request_id),
+                    "a frame with pending id {} came as a Message",
+                    f.request_id
+                );
+                if self.received.len() >= 32 {
+                    self.received.remove(0);
+                }
+                self.received.push(f.request_id);
+            }
+            Event::Response { request_id, frame } => {
+                let p = self.outstanding.remove(&request_id);
+                assert!(
+                    matches!(p, Some((RequestKind::Request, ..))),
+                    "Response for {request_id}, which is {p:?}"
+                );
+                assert_eq!(frame.request_id, request_id);
+                assert_ne!(frame.message_type, MessageType::PING);
+            }
+            Event::Pong { request_id, rtt } => {
+                let p = self.outstanding.remove(&request_id);
+                let Some((RequestKind::Ping, sent, _)) = p else {
+                    panic!("Pong for {request_id}, which is {p:?}");
+                };
+                assert_eq!(rtt, self.now.saturating_duration_since(sent), "rtt");
+            }
+            Event::RequestFailed {
+                request_id,
+                kind,
+                reason,
+            } => {
+                let p = self.outstanding.remove(&request_id);
+                let Some((k, _, deadline)) = p else {
+                    panic!("RequestFailed for {request_id}, which is not outstanding");
+                };
+                assert_eq!(k, kind);
+                match reason {
+                    RequestFailure::TimedOut => {
+                        assert!(self.now >= deadline, "timed out before its deadline")
+                    }
+                    RequestFailure::Closed(r) => assert_eq!(self.conn.close_reason(), Some(&r)),
+                }
+            }
+            Event::Discarded(_) | Event::PongDropped { .. } => assert!(self.connected),
+            Event::Closed {
+                reason,
+                unsent_bytes,
+            } => {
+                assert_eq!(self.conn.close_reason(), Some(&reason));
+                assert!(
+                    self.outstanding.is_empty(),
+                    "closed with requests that never ended: {:?}",
+                    self.outstanding
+                );
+                if reason == CloseReason::Local {
+                    assert_eq!(unsent_bytes, 0, "a local close keeps its output");
+                }
+                if !self.connected {
+                    assert!(
+                        matches!(
+                            reason,
+                            CloseReason::Handshake(_)
+                                | CloseReason::Local
+                                | CloseReason::Transport(_)
+                        ),
+                        "closed during the handshake with {reason:?}"
+                    );
+                }
+                self.closed = Some(reason);
+            }
+        }
+    }
+
+    /// Takes output (unless stalled) and events; returns whether there was any.
+    fn drain(&mut self, wire: &mut VecDeque<u8>) -> bool {
+        let mut any = false;
+        while let Some(b) = (!self.stalled).then(|| self.conn.poll_transmit()).flatten() {
+            any = true;
+            if self.conn.is_closed() {
+                assert!(
+                    b.len() <= self.allowed_after_close,
+                    "{:?}: new output after close",
+                    self.side
+                );
+                self.allowed_after_close -= b.len();
+            }
+            self.bytes_out += b.len() as u64;
+            wire.extend(b.iter());
+        }
+        while let Some(e) = self.conn.poll_event() {
+            any = true;
+            self.event(e);
+        }
+        any
+    }
+
+    /// After an op: the `poll_timeout` contract, output and events, timers.
+    fn settle(&mut self, now: Instant, wire: &mut VecDeque<u8>) {
+        if self.closed.is_some() {
+            assert_eq!(self.conn.queued_bytes(), self.allowed_after_close);
+        }
+        let promised = self.conn.poll_timeout();
+        let queued = self.conn.queued_bytes() > 0;
+        if self.drain(wire) || queued {
+            assert!(
+                promised.is_some_and(|t| t <= self.now),
+                "{:?}: poll_timeout {promised:?} hides ready work (now {:?})",
+                self.side,
+                self.now
+            );
+        }
+        let now = self.at(now);
+        loop {
+            self.conn.handle_timeout(now);
+            if !self.drain(wire) {
+                break;
+            }
+        }
+        let next = self.conn.poll_timeout();
+        if self.conn.queued_bytes() > 0 {
+            assert!(self.stalled);
+            assert!(
+                next.is_some_and(|t| t <= now),
+                "{:?}: poll_timeout {next:?} hides queued output",
+                self.side
+            );
+        } else {
+            assert!(
+                next.map_or(true, |t| t > now),
+                "{:?}: deadline {next:?} in the past after handle_timeout({now:?})",
+                self.side
+            );
+        }
+        if next.is_none() && !self.conn.is_closed() {
+            assert!(self.outstanding.is_empty() && !self.conn.is_handshaking());
+        }
+        assert_eq!(self.conn.pending_requests(), self.outstanding.len());
+        for id in self.outstanding.keys() {
+            assert!(self.conn.is_pending(*id));
+        }
+        assert_eq!(self.conn.stats().bytes_out, self.bytes_out);
+        if self.conn.is_closed() {
+            let frames_out = self.conn.stats().frames_out;
+            let at_close = *self.frames_out_at_close.get_or_insert(frames_out);
+            assert_eq!(frames_out, at_close, "a closed connection queued a frame");
+            assert!(self.closed.is_some(), "closed without a Closed event");
+            assert_eq!(self.conn.queued_bytes(), self.allowed_after_close);
+        }
+    }
+}
+
+struct World {
+    c: Peer,
+    s: Peer,
+    /// Bytes on their way to the client / the server.
+    to_c: VecDeque<u8>,
+    to_s: VecDeque<u8>,
+    now: Instant,
+}
+
+impl World {
+    fn peer(&mut self, server: bool) -> (&mut Peer, &mut VecDeque<u8>) {
+        if server {
+            (&mut self.s, &mut self.to_s)
+        } else {
+            (&mut self.c, &mut self.to_c)
+        }
+    }
+
+    fn settle(&mut self) {
+        self.c.settle(self.now, &mut self.to_s);
+        self.s.settle(self.now, &mut self.to_c);
+    }
+
+    /// Delivers `k` in-flight bytes (all when `k` is 0) to one side.
+    fn deliver(&mut self, server: bool, k: usize) {
+        let now = self.now;
+        let (p, inbox) = self.peer(server);
+        let k = if k == 0 {
+            inbox.len()
+        } else {
+            k.min(inbox.len())
+        };
+        if k == 0 {
+            return;
+        }
+        let bytes: Vec<u8> = inbox.drain(..k).collect();
+        let now = p.at(now);
+        p.conn.handle_input(now, &bytes);
+    }
+
+    /// Delivers everything both ways until nothing moves.
+    fn pump(&mut self) {
+        for _ in 0..16 {
+            if self.to_c.is_empty() && self.to_s.is_empty() {
+                break;
+            }
+            self.deliver(true, 0);
+            self.deliver(false, 0);
+            self.settle();
+        }
+    }
+
+    fn op(&mut self, u: &mut Unstructured<'_>) -> Result<()> {
+        let code = byte(u)?;
+        let server = code & 0x80 != 0;
+        let now = self.now;
+        match code & 0x0f {
+            0 => {
+                let (t, body) = (ty(u)?, payload(u)?);
+                let (p, _) = self.peer(server);
+                p.command(body.len(), |c| c.send(t, body.clone()));
+            }
+            1 => {
+                let (id, t, body) = (id16(u)?, ty(u)?, payload(u)?);
+                let (p, _) = self.peer(server);
+                p.command(body.len(), |c| c.send_with_id(t, id, body.clone()));
+            }
+            2 => {
+                let (t, body, d) = (ty(u)?, payload(u)?, timeout(u)?);
+                let (p, _) = self.peer(server);
+                let now = p.at(now);
+                if let Some(id) = p.command(body.len(), |c| c.request(now, t, body.clone(), d)) {
+                    p.started(id, RequestKind::Request, now, d, true);
+                }
+            }
+            3 => {
+                let (id, t, body, d) = (id16(u)?, ty(u)?, payload(u)?, timeout(u)?);
+                let (p, _) = self.peer(server);
+                let now = p.at(now);
+                let ok = p.command(body.len(), |c| {
+                    c.request_with_id(now, t, id, body.clone(), d)
+                });
+                if ok.is_some() {
+                    p.started(id, RequestKind::Request, now, d, false);
+                }
+            }
+            4 => {
+                let (i, t, body) = (byte(u)?, ty(u)?, payload(u)?);
+                let (p, _) = self.peer(server);
+                if !p.received.is_empty() {
+                    let id = p.received[usize::from(i) % p.received.len()];
+                    p.command(body.len(), |c| c.reply(id, t, body.clone()));
+                }
+            }
+            5 => {
+                let d = timeout(u)?;
+                let (p, _) = self.peer(server);
+                let now = p.at(now);
+                if let Some(id) = p.command(0, |c| c.ping(now, d)) {
+                    p.started(id, RequestKind::Ping, now, d, true);
+                }
+            }
+            6 => {
+                let id = id16(u)?;
+                let (p, _) = self.peer(server);
+                let id = match p.outstanding.len() {
+                    0 => id,
+                    n => *p
+                        .outstanding
+                        .keys()
+                        .nth(usize::from(id) % n)
+                        .expect("n > 0"),
+                };
+                let was = p.outstanding.remove(&id).is_some();
+                assert_eq!(p.conn.cancel_request(id), was, "cancel_request({id})");
+            }
+            7 => {
+                let (p, _) = self.peer(server);
+                if code & 0x10 != 0 {
+                    // Queue one more frame first: a graceful close still sends it.
+                    let _ = p.conn.send(MessageType(200), Bytes::from_static(b"bye"));
+                }
+                let was_closed = p.conn.is_closed();
+                let queued = p.conn.queued_bytes();
+                p.conn.close();
+                if !was_closed {
+                    p.allowed_after_close = queued;
+                }
+                assert!(p.conn.is_closed());
+            }
+            8 => {
+                let b = u64::from(byte(u)?);
+                self.now += Duration::from_millis(b * b / 4);
+            }
+            9 => {
+                let k = byte(u)?;
+                self.deliver(server, usize::from(k));
+            }
+            10 => {
+                let n = usize::from(byte(u)? % 64).min(u.len());
+                let junk = u.bytes(n)?;
+                let (_, inbox) = self.peer(server);
+                inbox.extend(junk.iter());
+            }
+            11 => {
+                let (p, _) = self.peer(server);
+                let now = p.at(now);
+                p.conn.handle_eof(now);
+                assert!(p.conn.is_closed());
+            }
+            12 => {
+                let (p, _) = self.peer(server);
+                let now = p.at(now);
+                p.conn.handle_transport_error(now, "fuzz: connection reset");
+                assert!(p.conn.is_closed());
+            }
+            13 if code & 0x10 != 0 => {
+                let (p, _) = self.peer(server);
+                p.stalled = !p.stalled;
+            }
+            13 => self.pump(),
+            14 => {
+                let (t, id, body) = (ty(u)?, id16(u)?, payload(u)?);
+                let frame = EncodedFrame::new(t, id, &body).expect("fits");
+                let (p, _) = self.peer(server);
+                p.command(body.len(), |c| c.send_encoded(&frame));
+            }
+            _ => {
+                // Jump to the next deadline, exactly.
+                let next = [self.c.conn.poll_timeout(), self.s.conn.poll_timeout()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                if let Some(t) = next {
+                    self.now = self.now.max(t);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A client and a server core joined by byte queues, under a script.
+///
+/// Layout: `p[0]`, `p[1]`: the client's and the server's settings (see
+/// `config`: small `max_outbound`, `max_message_size` and `id_window`,
+/// strict mode, a type filter); `p[2]`: handshake timeout `(p[2] + 1)·50 ms`;
+/// `p[3]` bit 0: deliver everything first (handshake done). Then up to 300
+/// ops, one byte each (`0x80`: server side; low nibble: send, send with id,
+/// request, request with id, reply to a received message, ping, cancel,
+/// close (`0x10`: after queuing one more frame), advance time by `b²/4` ms,
+/// deliver `k` in-flight bytes (0: all), inject up to 63 junk bytes, EOF,
+/// transport error, deliver everything (`0x10`: instead stop/resume taking
+/// this side's output), broadcast an encoded frame, jump to the next deadline) followed by its argument bytes.
+///
+/// Asserts after every op, on both sides: a refused command changes nothing
+/// and an accepted one queues exactly its frame; every id returned by
+/// `request`/`ping` is new, in the side's id range, and ends exactly once
+/// (`Response`, `Pong` with the exact RTT, or `RequestFailed` — timed out only
+/// after its deadline, closed only with the close reason), before `Closed`;
+/// no frame with a pending id comes as a `Message`; no PING reaches the
+/// application; no event after `Closed`; no output after a close except what
+/// a local close found queued; `poll_timeout` is due while output or events
+/// are queued, and after `handle_timeout(now)` it is `None` or later than
+/// `now`. At the end both sides close and nothing stays pending.
+pub fn connection_ops(data: &[u8]) {
+    let (p, script) = prefix::<4>(data);
+    let hs = Duration::from_millis(50 * (u64::from(p[2]) + 1));
+    let t0 = Instant::now();
+    let mut w = World {
+        c: Peer::new(Side::Client, config(p[0], hs), t0),
+        s: Peer::new(Side::Server, config(p[1], hs), t0),
+        to_c: VecDeque::new(),
+        to_s: VecDeque::new(),
+        now: t0,
+    };
+    w.settle();
+    if p[3] & 1 != 0 {
+        w.pump();
+    }
+    let mut u = Unstructured::new(script);
+    for _ in 0..MAX_OPS {
+        if u.is_empty() || w.op(&mut u).is_err() {
+            break;
+        }
+        w.settle();
+    }
+    // Close both: every request ends, nothing is left.
+    for server in [false, true] {
+        let (p, _) = w.peer(server);
+        p.stalled = false;
+        if !p.conn.is_closed() {
+            p.allowed_after_close = p.conn.queued_bytes();
+        }
+        p.conn.close();
+    }
+    w.settle();
+    w.pump();
+    for p in [&w.c, &w.s] {
+        assert!(p.closed.is_some(), "{:?}: no Closed event", p.side);
+        assert!(
+            p.outstanding.is_empty(),
+            "{:?}: requests never ended",
+            p.side
+        );
+        assert_eq!(p.conn.poll_timeout(), None);
+        assert_eq!(p.conn.pending_requests(), 0);
+    }
+}

@@ -210,11 +210,10 @@ fn replay_one() {
 }
 
 // ------------------------------------------------------------------------
-// Core bugs found by the fuzz bodies, not fixed yet. Each is `#[ignore]`d so
-// the suite stays green; when the core is fixed, drop the `#[ignore]` and the
-// matching `KNOWN BUG` narrowing in veltix-proto/src/fuzz/.
+// Regression tests for core bugs the fuzz bodies found (all fixed): each is
+// named after what it was, and asserts the fixed behaviour.
 
-mod known_bugs {
+mod found_by_fuzzing {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -233,7 +232,6 @@ mod known_bugs {
     /// once the delay saturates, `Duration::MAX.mul_f64(1.0)` overflows
     /// (`Reconnect::delay_for` in retry.rs) and the client's reconnect loop panics.
     #[test]
-    #[ignore = "core bug: jitter on a delay near Duration::MAX panics in mul_f64"]
     fn retry_jitter_on_a_huge_delay_panics() {
         let policy = RetryPolicy::fixed(100, Duration::from_secs(1)).with_backoff(
             2.0,
@@ -250,7 +248,6 @@ mod known_bugs {
     /// nor `retry_policy()` sanitizes (only `RetryPolicy::with_backoff` does):
     /// a negative factor makes `base_delay` call `Duration::from_secs_f64(-2.0)`.
     #[test]
-    #[ignore = "core bug: ClientConfig's backoff bypasses the sanitizing constructor"]
     fn client_config_negative_backoff_factor_panics() {
         let config = ClientConfig::default().retry(3).backoff(Some(Backoff {
             factor: -2.0,
@@ -267,7 +264,6 @@ mod known_bugs {
     /// Same path, jitter above 1: the scale `1 - jitter·r` goes negative and
     /// `Duration::mul_f64` panics.
     #[test]
-    #[ignore = "core bug: ClientConfig's backoff bypasses the sanitizing constructor"]
     fn client_config_jitter_above_one_panics() {
         let config = ClientConfig::default().retry(5).backoff(Some(Backoff {
             factor: 1.0,
@@ -285,7 +281,6 @@ mod known_bugs {
     /// un-jittered delay"; past ~48 days the round trip through f64 seconds
     /// in `Duration::mul_f64` can add a few hundred nanoseconds.
     #[test]
-    #[ignore = "core bug (minor): a jittered delay can exceed its base by f64 rounding"]
     fn retry_jittered_delay_can_exceed_its_base() {
         let delay = Duration::new(9_310_287_841, 572_463_073);
         let policy = RetryPolicy::fixed(5, delay).with_backoff(1.0, Duration::ZERO, 1e-300);
@@ -304,7 +299,6 @@ mod known_bugs {
     /// checks timers, or a read that returns just after the deadline)
     /// still completes the handshake.
     #[test]
-    #[ignore = "looks wrong: handle_input after the handshake deadline still establishes"]
     fn handshake_completes_after_its_deadline() {
         let config = ConnectionConfig {
             handshake_timeout: Duration::from_secs(5),

@@ -69,6 +69,16 @@ macro_rules! setters {
     };
 }
 
+/// Our hello must fit what a peer accepts (30 KiB), or every peer would refuse it.
+fn check_hello(hello: &LocalHello) -> Result<(), ConfigError> {
+    let len = crate::handshake::encode_hello(hello).len() - 2;
+    check(
+        len < crate::handshake::MAX_HANDSHAKE_LEN,
+        "hello",
+        "the encoded hello (version and meta) must stay under 30 KiB",
+    )
+}
+
 /// Settings shared by both sides.
 fn connection_config(
     max_message_size: usize,
@@ -231,7 +241,20 @@ impl ClientConfig {
             !self.request_timeout.is_zero(),
             "request_timeout",
             "must be > 0",
-        )
+        )?;
+        if let Some(b) = self.backoff {
+            check(
+                b.factor.is_finite() && b.factor >= 1.0,
+                "backoff.factor",
+                "must be a finite number >= 1",
+            )?;
+            check(
+                b.jitter.is_finite() && (0.0..=1.0).contains(&b.jitter),
+                "backoff.jitter",
+                "must be in [0, 1]",
+            )?;
+        }
+        check_hello(&self.hello)
     }
 
     /// The core's connection settings.
@@ -246,13 +269,14 @@ impl ClientConfig {
         ))
     }
 
-    /// The reconnect policy.
+    /// The reconnect policy (backoff sanitized: factor `>= 1`, jitter in `[0, 1]`).
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_retries: self.retry,
             delay: self.retry_delay,
             backoff: self.backoff,
         }
+        .sanitized()
     }
 }
 
@@ -365,7 +389,8 @@ impl ServerConfig {
             !self.request_timeout.is_zero(),
             "request_timeout",
             "must be > 0",
-        )
+        )?;
+        check_hello(&self.hello)
     }
 
     /// The core's connection settings (`id_window` capped at 32 768).
@@ -420,6 +445,31 @@ mod tests {
             .validate()
             .unwrap_err();
         assert_eq!(e.field, "max_message_size");
+    }
+
+    #[test]
+    fn bad_backoff_and_huge_hello_are_refused() {
+        use crate::retry::Backoff;
+        let bad = |factor, jitter| {
+            ClientConfig::default()
+                .backoff(Some(Backoff {
+                    factor,
+                    max_delay: Duration::from_secs(1),
+                    jitter,
+                }))
+                .validate()
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(bad(-2.0, 0.0), "backoff.factor");
+        assert_eq!(bad(f64::NAN, 0.0), "backoff.factor");
+        assert_eq!(bad(2.0, 3.0), "backoff.jitter");
+        let mut hello = LocalHello::default();
+        hello
+            .meta
+            .insert("pad".into(), serde_json::Value::String("x".repeat(40_000)));
+        let e = ServerConfig::default().hello(hello).validate().unwrap_err();
+        assert_eq!(e.field, "hello");
     }
 
     #[test]

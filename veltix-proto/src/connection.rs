@@ -231,6 +231,12 @@ impl Connection {
         if self.is_closed() || data.is_empty() {
             return;
         }
+        // The deadline holds even for a driver that reads before it checks
+        // its timers: late handshake bytes are not accepted.
+        if self.handshake_deadline.is_some_and(|d| now >= d) {
+            self.terminate(CloseReason::Handshake(HandshakeError::TimedOut), false);
+            return;
+        }
         self.stats.bytes_in += data.len() as u64;
         let mut rest = data;
         if let State::Handshaking(hs) = &mut self.state {
@@ -278,7 +284,8 @@ impl Connection {
     fn dispatch(&mut self, f: Frame) {
         self.stats.frames_in += 1;
         if f.message_type == MessageType::PING {
-            if self.out.len() + HEADER_LEN > self.config.max_outbound {
+            // Same admission rule as `send`: an empty queue takes any frame.
+            if !self.out.is_empty() && self.out.len() + HEADER_LEN > self.config.max_outbound {
                 self.stats.pongs_dropped += 1;
                 self.events.push_back(Event::PongDropped {
                     request_id: f.request_id,

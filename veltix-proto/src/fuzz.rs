@@ -24,13 +24,11 @@
 //! `fuzz/make_corpus.py` can write meaningful seeds; see `fuzz/README.md` for
 //! each layout.
 //!
-//! ## Known core bugs the bodies steer around
+//! ## Bugs found
 //!
-//! A body whose input domain is narrowed to keep a known, reported bug from
-//! masking everything else says so next to the narrowing, tagged `KNOWN BUG`.
-//! The matching reproducers are `#[ignore]`d tests in
-//! `tests/tests/fuzz_corpus.rs`; when the core is fixed, remove the narrowing
-//! and the `#[ignore]`.
+//! Bugs the bodies found are fixed in the core and kept as named regression
+//! tests in `tests/tests/fuzz_corpus.rs` (module `found_by_fuzzing`); the
+//! bodies check the exact bounds again (no input narrowing remains).
 
 mod frames;
 mod handshakes;

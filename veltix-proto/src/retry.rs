@@ -74,6 +74,25 @@ pub struct Backoff {
     pub jitter: f64,
 }
 
+impl Backoff {
+    /// Factor clamped to `>= 1` (1 when not finite), jitter to `[0, 1]` (0 when not finite).
+    pub fn sanitized(self) -> Self {
+        Backoff {
+            factor: if self.factor.is_finite() {
+                self.factor.max(1.0)
+            } else {
+                1.0
+            },
+            max_delay: self.max_delay,
+            jitter: if self.jitter.is_finite() {
+                self.jitter.clamp(0.0, 1.0)
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
 /// How often and how fast to reconnect.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -104,21 +123,21 @@ impl RetryPolicy {
 
     /// Adds exponential backoff (factor clamped to `>= 1`, jitter to `[0, 1]`).
     pub fn with_backoff(mut self, factor: f64, max_delay: Duration, jitter: f64) -> Self {
-        let factor = if factor.is_finite() {
-            factor.max(1.0)
-        } else {
-            1.0
-        };
-        let jitter = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
-        self.backoff = Some(Backoff {
-            factor,
-            max_delay,
-            jitter,
-        });
+        self.backoff = Some(
+            Backoff {
+                factor,
+                max_delay,
+                jitter,
+            }
+            .sanitized(),
+        );
+        self
+    }
+
+    /// The same policy with its backoff (if any) sanitized. [`Reconnect`]
+    /// sanitizes every policy it is given, whoever built it.
+    pub fn sanitized(mut self) -> Self {
+        self.backoff = self.backoff.map(Backoff::sanitized);
         self
     }
 
@@ -194,6 +213,7 @@ pub struct Reconnect {
 impl Reconnect {
     /// A fresh state machine; `seed` drives the jitter.
     pub fn new(policy: RetryPolicy, seed: u64) -> Self {
+        let policy = policy.sanitized();
         Reconnect {
             budget: policy.max_retries,
             policy,
@@ -293,8 +313,12 @@ impl Reconnect {
         let base = self.policy.base_delay(attempt);
         match self.policy.backoff {
             Some(b) if b.jitter > 0.0 && !base.is_zero() => {
-                let scale = 1.0 - b.jitter * self.rng.next_f64();
-                base.mul_f64(scale)
+                // In f64 seconds and back, never above the base: no overflow
+                // near Duration::MAX, and rounding cannot push it past the base.
+                let scale = (1.0 - b.jitter * self.rng.next_f64()).clamp(0.0, 1.0);
+                Duration::try_from_secs_f64(base.as_secs_f64() * scale)
+                    .unwrap_or(base)
+                    .min(base)
             }
             _ => base,
         }

@@ -490,7 +490,17 @@ fn feed(side: Side, p: [u8; 4], wire: &[u8], verdict: Option<&Verdict>) {
         conn.handle_input(now, &wire[at..at + n]);
         at += n;
         w.pump(&mut conn);
-        if let Some((end, outcome)) = verdict {
+        if was_handshaking && now >= deadline {
+            // Input at or after the deadline is refused whatever it says.
+            assert!(
+                matches!(
+                    w.closed,
+                    Some(CloseReason::Handshake(HandshakeError::TimedOut))
+                ) && w.connected.is_none(),
+                "late handshake input was accepted: {:?}",
+                w.closed
+            );
+        } else if let Some((end, outcome)) = verdict {
             if was_handshaking && at >= *end && at - n < *end {
                 check_verdict(&w, outcome);
             }

@@ -345,16 +345,22 @@ impl Client {
         let s = self.shared();
         let mut rx = s.rx.lock().await;
         loop {
-            // Registered before the flag is read, so a disconnect cannot slip between.
-            let stopped = s.stop.notified();
-            tokio::pin!(stopped);
-            stopped.as_mut().enable();
-            let (_, d) = if s.manual.load(Ordering::SeqCst) {
-                rx.try_recv().ok()?
-            } else {
-                tokio::select! {
-                    r = rx.recv() => r?,
-                    () = stopped => continue,
+            // Fast path: an event is ready (no waiter registration, no select).
+            let (_, d) = match rx.try_recv() {
+                Ok(item) => item,
+                Err(_) => {
+                    // Registered before the flag is read, so a disconnect cannot slip between.
+                    let stopped = s.stop.notified();
+                    tokio::pin!(stopped);
+                    stopped.as_mut().enable();
+                    if s.manual.load(Ordering::SeqCst) {
+                        rx.try_recv().ok()?
+                    } else {
+                        tokio::select! {
+                            r = rx.recv() => r?,
+                            () = stopped => continue,
+                        }
+                    }
                 }
             };
             match d {

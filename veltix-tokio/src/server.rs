@@ -323,16 +323,22 @@ impl Server {
     pub async fn recv(&self) -> Option<ServerEvent> {
         let mut rx = self.0.rx.lock().await;
         loop {
-            // Registered before the flag is read, so a shutdown cannot slip between.
-            let stopped = self.0.stop.notified();
-            tokio::pin!(stopped);
-            stopped.as_mut().enable();
-            let (peer, d) = if self.0.stopping.load(Ordering::SeqCst) {
-                rx.try_recv().ok()?
-            } else {
-                tokio::select! {
-                    r = rx.recv() => r?,
-                    () = stopped => continue,
+            // Fast path: an event is ready (no waiter registration, no select).
+            let (peer, d) = match rx.try_recv() {
+                Ok(item) => item,
+                Err(_) => {
+                    // Registered before the flag is read, so a shutdown cannot slip between.
+                    let stopped = self.0.stop.notified();
+                    tokio::pin!(stopped);
+                    stopped.as_mut().enable();
+                    if self.0.stopping.load(Ordering::SeqCst) {
+                        rx.try_recv().ok()?
+                    } else {
+                        tokio::select! {
+                            r = rx.recv() => r?,
+                            () = stopped => continue,
+                        }
+                    }
                 }
             };
             match d {

@@ -441,3 +441,27 @@ fn invalid_configs_are_typed_errors() {
     let e = Client::new(ClientConfig::new("", 1)).unwrap_err();
     assert!(matches!(e, Error::Config(_)), "{e}");
 }
+
+#[test]
+fn ping_says_why_and_the_server_hello_is_visible() {
+    let mut cfg = ServerConfig::new("127.0.0.1", 0);
+    cfg.hello.version = "srv-7".into();
+    let (s, addr) = server(cfg);
+    let c = Client::new(client_for(addr)).unwrap();
+    assert!(matches!(c.ping(None), Err(Error::NotConnected)));
+    c.connect().unwrap();
+    assert_eq!(c.server_hello().unwrap().version.as_deref(), Some("srv-7"));
+    assert!(c.ping(None).unwrap() > Duration::ZERO);
+    assert!(wait_until(Duration::from_secs(2), || s.clients().len() == 1));
+    let peer = s.clients().pop().unwrap();
+    assert!(s.ping(&peer, None).unwrap() > Duration::ZERO);
+    c.disconnect();
+    assert!(wait_until(Duration::from_secs(2), || s
+        .clients()
+        .is_empty()));
+    assert!(
+        matches!(s.ping(&peer, None), Err(Error::Closed(_))),
+        "the precise reason"
+    );
+    s.close_all();
+}

@@ -463,7 +463,22 @@ impl Client {
         self.link()?.request(t, payload.into(), timeout)
     }
 
-    /// PINGs the server: the round-trip time, or `None` on timeout or error.
+    /// PINGs the server: the round-trip time, or why there is none.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::NotConnected`], [`Error::Closed`], ...
+    pub fn ping(&self, timeout: Option<Duration>) -> Result<Duration, Error> {
+        let timeout = timeout.unwrap_or(self.0.config.request_timeout);
+        self.link()?.ping(timeout)
+    }
+
+    /// The server's hello (`v`, `pv`, `meta`) of the current connection.
+    pub fn server_hello(&self) -> Option<PeerHello> {
+        self.link().ok().and_then(|l| l.peer_hello())
+    }
+
+    /// PINGs the server: the round-trip time, or `None` on timeout or error
+    /// (Veltix's `ping_server`; [`ping`](Self::ping) says why).
     pub fn ping_server(&self, timeout: Option<Duration>) -> Option<Duration> {
         let timeout = timeout.unwrap_or(self.0.config.request_timeout);
         self.link().and_then(|l| l.ping(timeout)).ok()

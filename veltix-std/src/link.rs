@@ -308,6 +308,11 @@ impl Link {
         }
     }
 
+    /// The peer's hello, once the handshake is done.
+    pub(crate) fn peer_hello(&self) -> Option<PeerHello> {
+        lock(&self.state).conn.peer_hello().cloned()
+    }
+
     /// Whether the handshake is done and the connection open.
     pub(crate) fn is_established(&self) -> bool {
         matches!(lock(&self.state).status, Status::Established)

@@ -459,7 +459,17 @@ impl Server {
         client.link()?.request(t, payload.into(), timeout)
     }
 
-    /// PINGs a client; its round-trip time, or `None` on timeout or error.
+    /// PINGs a client: its round-trip time, or why there is none.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`], [`Error::NotConnected`], [`Error::Closed`], ...
+    pub fn ping(&self, client: &ClientInfo, timeout: Option<Duration>) -> Result<Duration, Error> {
+        let timeout = timeout.unwrap_or(self.0.config.request_timeout);
+        client.link()?.ping(timeout)
+    }
+
+    /// PINGs a client; its round-trip time, or `None` on timeout or error
+    /// (Veltix's `ping_client`; [`ping`](Self::ping) says why).
     pub fn ping_client(&self, client: &ClientInfo, timeout: Option<Duration>) -> Option<Duration> {
         let timeout = timeout.unwrap_or(self.0.config.request_timeout);
         client.link().and_then(|l| l.ping(timeout)).ok()

@@ -452,6 +452,11 @@ impl Client {
         conn.is_some()
     }
 
+    /// The server's hello (`v`, `pv`, `meta`) of the current connection.
+    pub fn server_hello(&self) -> Option<PeerHello> {
+        self.conn().ok().and_then(|c| c.peer_hello())
+    }
+
     /// The server's address of the current connection.
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         self.conn().ok().map(|c| c.peer_addr())

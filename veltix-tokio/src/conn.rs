@@ -89,6 +89,10 @@ impl Conn {
         self.peer_addr
     }
 
+    pub(crate) fn peer_hello(&self) -> Option<PeerHello> {
+        lock(&self.state).conn.peer_hello().cloned()
+    }
+
     pub(crate) fn is_established(&self) -> bool {
         matches!(lock(&self.state).status, Status::Established)
     }

@@ -465,3 +465,46 @@ fn ping_says_why_and_the_server_hello_is_visible() {
     );
     s.close_all();
 }
+
+#[test]
+fn tags_select_clients_across_threads() {
+    use serde_json::json;
+    let (s, addr) = server(ServerConfig::new("127.0.0.1", 0));
+    // Tag every client from the callback thread: odd ones join "blue".
+    s.on_recv(|_, client, msg| {
+        let n = msg.payload[0];
+        client
+            .tags()
+            .set_tag("team", json!(if n % 2 == 1 { "blue" } else { "red" }));
+        assert!(client.tags().add_tag("seen", serde_json::Value::Null));
+    });
+    let clients: Vec<Client> = (0..4u8)
+        .map(|n| {
+            let c = Client::new(client_for(addr)).unwrap();
+            c.connect().unwrap();
+            c.send(T, vec![n]).unwrap();
+            c
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || s
+        .clients()
+        .iter()
+        .filter(|c| c.tags().has_tag("seen"))
+        .count()
+        == 4));
+    assert_eq!(s.clients_by_tag("team", Some(&json!("blue"))).len(), 2);
+    assert_eq!(
+        s.clients_by_tag("seen", None).len(),
+        4,
+        "None matches any value"
+    );
+    let one = s.clients_by_tag("team", Some(&json!("red"))).pop().unwrap();
+    assert!(one.tags().has_all_tags(&["team", "seen"]) && !one.tags().has_any_tags(&["x"]));
+    assert!(one.tags().remove_tag("team") && !one.tags().remove_tag("team"));
+    assert_eq!(s.clients_by_tag("team", Some(&json!("red"))).len(), 1);
+    assert_eq!(one.tags().snapshot().iter().count(), 1);
+    for c in clients {
+        c.disconnect();
+    }
+    s.close_all();
+}

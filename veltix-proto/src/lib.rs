@@ -124,4 +124,4 @@ pub use handshake::{HandshakeError, LocalHello, PeerHello, Side};
 pub use payload::PayloadError;
 pub use retry::{DisconnectReason, DisconnectState, RetryPolicy};
 pub use router::Router;
-pub use server::{Acceptor, Rejection, Tags};
+pub use server::{Acceptor, Rejection, SharedTags, Tags};

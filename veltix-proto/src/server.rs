@@ -2,7 +2,7 @@
 //! hands out server connections, and per-peer [`Tags`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -179,6 +179,68 @@ impl Tags {
             (Some(_), None) => true,
             (Some(v), Some(want)) => v == want,
         }
+    }
+}
+
+/// [`Tags`] behind a lock, for a peer handle shared between threads or
+/// tasks (both drivers' `ClientInfo`/`Peer` expose one through `tags()`).
+///
+/// ```
+/// use serde_json::json;
+/// use veltix_proto::SharedTags;
+/// let tags = SharedTags::default();
+/// assert!(tags.add_tag("room", json!("lobby")));
+/// assert_eq!(tags.get_tag("room"), Some(json!("lobby")));
+/// assert!(tags.matches("room", None));
+/// ```
+#[derive(Debug, Default)]
+pub struct SharedTags(Mutex<Tags>);
+
+impl SharedTags {
+    fn with<R>(&self, f: impl FnOnce(&mut Tags) -> R) -> R {
+        // No code runs under this lock but the `Tags` methods below, which
+        // cannot leave the map half-updated: poisoning carries no meaning.
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+    /// Adds a tag; `false` (and no change) if it exists.
+    pub fn add_tag(&self, name: &str, value: Value) -> bool {
+        self.with(|t| t.add_tag(name, value))
+    }
+    /// Creates or overwrites a tag.
+    pub fn set_tag(&self, name: &str, value: Value) {
+        self.with(|t| t.set_tag(name, value));
+    }
+    /// A tag's value.
+    pub fn get_tag(&self, name: &str) -> Option<Value> {
+        self.with(|t| t.get_tag(name).cloned())
+    }
+    /// Whether the tag exists.
+    pub fn has_tag(&self, name: &str) -> bool {
+        self.with(|t| t.has_tag(name))
+    }
+    /// Whether every tag exists.
+    pub fn has_all_tags(&self, names: &[&str]) -> bool {
+        self.with(|t| t.has_all_tags(names.iter().copied()))
+    }
+    /// Whether any tag exists.
+    pub fn has_any_tags(&self, names: &[&str]) -> bool {
+        self.with(|t| t.has_any_tags(names.iter().copied()))
+    }
+    /// Removes a tag; `false` if absent.
+    pub fn remove_tag(&self, name: &str) -> bool {
+        self.with(|t| t.remove_tag(name))
+    }
+    /// Removes every tag.
+    pub fn clear_tags(&self) {
+        self.with(Tags::clear_tags);
+    }
+    /// A copy of all tags.
+    pub fn snapshot(&self) -> Tags {
+        self.with(|t| t.clone())
+    }
+    /// Veltix's `get_clients_by_tag` rule (see [`Tags::matches`]).
+    pub fn matches(&self, name: &str, value: Option<&Value>) -> bool {
+        self.with(|t| t.matches(name, value))
     }
 }
 

@@ -59,5 +59,5 @@ pub use veltix_proto::payload;
 pub use veltix_proto::retry::{Backoff, RetryPolicy};
 pub use veltix_proto::{
     CloseReason, DisconnectReason, DisconnectState, Error, Frame, HandshakeError, LocalHello,
-    MessageType, PeerHello, Tags,
+    MessageType, PeerHello, SharedTags, Tags,
 };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 use veltix_proto::{
-    Acceptor, CloseReason, Frame, MessageType, PeerHello, Router, ServerConfig, Tags,
+    Acceptor, CloseReason, Frame, MessageType, PeerHello, Router, ServerConfig, SharedTags,
 };
 
 use crate::link::{Link, Sink};
@@ -22,7 +22,7 @@ static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 struct PeerInner {
     id: u64,
     addr: SocketAddr,
-    tags: Mutex<Tags>,
+    tags: SharedTags,
     handshake_done: AtomicBool,
     peer: Mutex<Option<PeerHello>>,
     link: Mutex<Option<Weak<Link>>>,
@@ -75,41 +75,11 @@ impl ClientInfo {
     pub fn hello(&self) -> Option<PeerHello> {
         lock(&self.0.peer).clone()
     }
-    /// Adds a tag; `false` if it exists.
-    pub fn add_tag(&self, name: &str, value: Value) -> bool {
-        lock(&self.0.tags).add_tag(name, value)
-    }
-    /// Creates or overwrites a tag.
-    pub fn set_tag(&self, name: &str, value: Value) {
-        lock(&self.0.tags).set_tag(name, value);
-    }
-    /// A tag's value.
-    pub fn get_tag(&self, name: &str) -> Option<Value> {
-        lock(&self.0.tags).get_tag(name).cloned()
-    }
-    /// Whether a tag exists.
-    pub fn has_tag(&self, name: &str) -> bool {
-        lock(&self.0.tags).has_tag(name)
-    }
-    /// Whether all the tags exist.
-    pub fn has_all_tags(&self, names: &[&str]) -> bool {
-        lock(&self.0.tags).has_all_tags(names.iter().copied())
-    }
-    /// Whether any of the tags exists.
-    pub fn has_any_tags(&self, names: &[&str]) -> bool {
-        lock(&self.0.tags).has_any_tags(names.iter().copied())
-    }
-    /// Removes a tag; `false` if absent.
-    pub fn remove_tag(&self, name: &str) -> bool {
-        lock(&self.0.tags).remove_tag(name)
-    }
-    /// Removes every tag.
-    pub fn clear_tags(&self) {
-        lock(&self.0.tags).clear_tags();
-    }
-    /// A copy of all tags.
-    pub fn tags(&self) -> Tags {
-        lock(&self.0.tags).clone()
+    /// Its tags (Veltix's `add_tag`, `set_tag`, `get_tag`, `has_tag`,
+    /// `has_all_tags`, `has_any_tags`, `remove_tag`, `clear_tags`), shared by
+    /// every clone of this handle. They never travel on the wire.
+    pub fn tags(&self) -> &SharedTags {
+        &self.0.tags
     }
 
     /// Counters of this client's connection (frames, bytes, counted drops),
@@ -375,7 +345,7 @@ impl Server {
     pub fn clients_by_tag(&self, tag: &str, value: Option<&Value>) -> Vec<ClientInfo> {
         self.clients()
             .into_iter()
-            .filter(|c| lock(&c.0.tags).matches(tag, value))
+            .filter(|c| c.tags().matches(tag, value))
             .collect()
     }
 
@@ -590,7 +560,7 @@ fn accept_loop(listener: &TcpListener, weak: &Weak<Inner>, pool: &Arc<Pool>) {
         let client = ClientInfo(Arc::new(PeerInner {
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             addr,
-            tags: Mutex::new(Tags::default()),
+            tags: SharedTags::default(),
             handshake_done: AtomicBool::new(false),
             peer: Mutex::new(None),
             link: Mutex::new(None),

@@ -14,7 +14,7 @@ use veltix_proto::{
     Error, Frame, MessageType, PeerHello, Router,
 };
 
-use crate::conn::{drive, now, Conn, Delivery};
+use crate::conn::{drive, next_delivery, now, Conn, Delivery};
 use crate::lock;
 
 /// Capacity of the client's event channel (messages and lifecycle events).
@@ -345,24 +345,8 @@ impl Client {
         let s = self.shared();
         let mut rx = s.rx.lock().await;
         loop {
-            // Fast path: an event is ready (no waiter registration, no select).
-            let (_, d) = match rx.try_recv() {
-                Ok(item) => item,
-                Err(_) => {
-                    // Registered before the flag is read, so a disconnect cannot slip between.
-                    let stopped = s.stop.notified();
-                    tokio::pin!(stopped);
-                    stopped.as_mut().enable();
-                    if s.manual.load(Ordering::SeqCst) {
-                        rx.try_recv().ok()?
-                    } else {
-                        tokio::select! {
-                            r = rx.recv() => r?,
-                            () = stopped => continue,
-                        }
-                    }
-                }
-            };
+            let (_, d) =
+                next_delivery(&mut rx, &s.stop, || s.manual.load(Ordering::SeqCst)).await?;
             match d {
                 Delivery::Connected(p) => return Some(ClientEvent::Connected(p)),
                 Delivery::Lifecycle(st) => return Some(ClientEvent::Disconnected(st)),

@@ -290,6 +290,32 @@ impl Drop for PendingReply<'_> {
     }
 }
 
+/// The next delivery for a role's `recv`: taken at once when one is queued
+/// (no waiter registration, no `select!`), otherwise awaited until one
+/// comes or `stop` fires with `stopped()` true (then `None` once drained).
+pub(crate) async fn next_delivery<T>(
+    rx: &mut mpsc::Receiver<(T, Delivery)>,
+    stop: &Notify,
+    stopped: impl Fn() -> bool,
+) -> Option<(T, Delivery)> {
+    if let Ok(item) = rx.try_recv() {
+        return Some(item);
+    }
+    loop {
+        // Registered before the flag is read, so a stop cannot slip between.
+        let notified = stop.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if stopped() {
+            return rx.try_recv().ok();
+        }
+        tokio::select! {
+            r = rx.recv() => return r,
+            () = notified => {}
+        }
+    }
+}
+
 /// Writes as much of `pending` as the socket takes without blocking.
 fn write_some(stream: &TcpStream, pending: &mut VecDeque<Bytes>) -> std::io::Result<()> {
     while !pending.is_empty() {

@@ -64,7 +64,7 @@ pub use veltix_proto::payload;
 pub use veltix_proto::retry::{Backoff, RetryPolicy};
 pub use veltix_proto::{
     CloseReason, DisconnectReason, DisconnectState, Error, Frame, HandshakeError, LocalHello,
-    MessageType, PeerHello, SendError, Tags,
+    MessageType, PeerHello, SendError, SharedTags, Tags,
 };
 
 /// Locks a std mutex, ignoring poisoning (no critical section here can leave

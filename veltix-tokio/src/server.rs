@@ -14,10 +14,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use veltix_proto::{
     Acceptor, CloseReason, ConnectionStats, Error, Frame, MessageType, PeerHello, Router,
-    ServerConfig, Tags,
+    ServerConfig, SharedTags,
 };
 
-use crate::conn::{drive, now, Conn, Delivery};
+use crate::conn::{drive, next_delivery, now, Conn, Delivery};
 use crate::lock;
 
 /// Capacity of the server's event channel, shared by all peers.
@@ -31,7 +31,7 @@ struct PeerInner {
     id: u64,
     addr: SocketAddr,
     conn: Arc<Conn>,
-    tags: Mutex<Tags>,
+    tags: SharedTags,
     hello: Mutex<Option<PeerHello>>,
 }
 
@@ -78,41 +78,11 @@ impl Peer {
     pub fn stats(&self) -> ConnectionStats {
         self.0.conn.stats()
     }
-    /// Adds a tag; `false` if it exists.
-    pub fn add_tag(&self, name: &str, value: Value) -> bool {
-        lock(&self.0.tags).add_tag(name, value)
-    }
-    /// Creates or overwrites a tag.
-    pub fn set_tag(&self, name: &str, value: Value) {
-        lock(&self.0.tags).set_tag(name, value);
-    }
-    /// A tag's value.
-    pub fn get_tag(&self, name: &str) -> Option<Value> {
-        lock(&self.0.tags).get_tag(name).cloned()
-    }
-    /// Whether a tag exists.
-    pub fn has_tag(&self, name: &str) -> bool {
-        lock(&self.0.tags).has_tag(name)
-    }
-    /// Whether all the tags exist.
-    pub fn has_all_tags(&self, names: &[&str]) -> bool {
-        lock(&self.0.tags).has_all_tags(names.iter().copied())
-    }
-    /// Whether any of the tags exists.
-    pub fn has_any_tags(&self, names: &[&str]) -> bool {
-        lock(&self.0.tags).has_any_tags(names.iter().copied())
-    }
-    /// Removes a tag; `false` if absent.
-    pub fn remove_tag(&self, name: &str) -> bool {
-        lock(&self.0.tags).remove_tag(name)
-    }
-    /// Removes every tag.
-    pub fn clear_tags(&self) {
-        lock(&self.0.tags).clear_tags();
-    }
-    /// A copy of all tags.
-    pub fn tags(&self) -> Tags {
-        lock(&self.0.tags).clone()
+    /// Its tags (Veltix's `add_tag`, `set_tag`, `get_tag`, `has_tag`,
+    /// `has_all_tags`, `has_any_tags`, `remove_tag`, `clear_tags`), shared by
+    /// every clone of this handle. They never travel on the wire.
+    pub fn tags(&self) -> &SharedTags {
+        &self.0.tags
     }
 
     fn conn(&self) -> Result<&Arc<Conn>, Error> {
@@ -230,7 +200,7 @@ async fn accept_loop(listener: TcpListener, weak: Weak<Shared>, stop: Arc<Notify
             id: NEXT_PEER_ID.fetch_add(1, Ordering::Relaxed),
             addr,
             conn: Conn::new(conn, addr),
-            tags: Mutex::new(Tags::default()),
+            tags: SharedTags::default(),
             hello: Mutex::new(None),
         }));
         lock(&s.peers).insert(peer.id(), peer.clone());
@@ -323,24 +293,10 @@ impl Server {
     pub async fn recv(&self) -> Option<ServerEvent> {
         let mut rx = self.0.rx.lock().await;
         loop {
-            // Fast path: an event is ready (no waiter registration, no select).
-            let (peer, d) = match rx.try_recv() {
-                Ok(item) => item,
-                Err(_) => {
-                    // Registered before the flag is read, so a shutdown cannot slip between.
-                    let stopped = self.0.stop.notified();
-                    tokio::pin!(stopped);
-                    stopped.as_mut().enable();
-                    if self.0.stopping.load(Ordering::SeqCst) {
-                        rx.try_recv().ok()?
-                    } else {
-                        tokio::select! {
-                            r = rx.recv() => r?,
-                            () = stopped => continue,
-                        }
-                    }
-                }
-            };
+            let (peer, d) = next_delivery(&mut rx, &self.0.stop, || {
+                self.0.stopping.load(Ordering::SeqCst)
+            })
+            .await?;
             match d {
                 Delivery::Connected(hello) => {
                     *lock(&peer.0.hello) = Some(hello);
@@ -383,7 +339,7 @@ impl Server {
     pub fn clients_by_tag(&self, tag: &str, value: Option<&Value>) -> Vec<Peer> {
         self.clients()
             .into_iter()
-            .filter(|p| lock(&p.0.tags).matches(tag, value))
+            .filter(|p| p.tags().matches(tag, value))
             .collect()
     }
 

@@ -398,3 +398,34 @@ async fn rejection_and_bad_config_are_typed_errors() {
     first.disconnect().await;
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_on_peers_select_clients_by_tag() {
+    let server = Server::bind(ServerConfig::new("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(Client::connect(client_cfg(&server)).await.unwrap());
+    }
+    let mut peers = Vec::new();
+    while peers.len() < 3 {
+        if let Some(ServerEvent::Connected(p)) = server.recv().await {
+            peers.push(p);
+        }
+    }
+    peers[0].tags().set_tag("room", serde_json::json!("a"));
+    peers[1].tags().set_tag("room", serde_json::json!("b"));
+    assert_eq!(server.clients_by_tag("room", None).len(), 2);
+    let a = server.clients_by_tag("room", Some(&serde_json::json!("a")));
+    assert_eq!(a, vec![peers[0].clone()]);
+    // One id for every copy; the tag chooses who gets it.
+    let sent = server
+        .broadcast(T, b"to room a only", &[peers[1].clone(), peers[2].clone()])
+        .unwrap();
+    assert_eq!(sent, 1);
+    for c in clients {
+        c.disconnect().await;
+    }
+    server.shutdown(Duration::from_secs(1)).await;
+}

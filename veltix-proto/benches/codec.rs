@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput};
+use veltix_proto::decoder::DecodedRef;
 use veltix_proto::frame::encode_frame;
 use veltix_proto::{
     Connection, ConnectionConfig, Decoded, Decoder, DecoderConfig, Event, Frame, Header,
@@ -172,6 +173,34 @@ fn bench_decode(c: &mut Criterion) {
                 let (n, last) = drain(&mut dec);
                 black_box(n);
                 (dec, last) // dropped outside the timed region
+            },
+            BatchSize::LargeInput,
+        )
+    });
+
+    // The same stream through the borrowing path: payloads are lent from the
+    // buffer, no reference count per frame.
+    g.bench_function("64B_stream_borrowed", |b| {
+        b.iter_batched(
+            || {
+                (
+                    Decoder::new(DecoderConfig::default()),
+                    BytesMut::from(&small[..]),
+                )
+            },
+            |(mut dec, buf)| {
+                dec.push_bytes(buf);
+                let mut n = 0usize;
+                let mut bytes = 0usize;
+                while let Some(d) = dec.next_frame_ref() {
+                    if let DecodedRef::Frame { payload, .. } = d {
+                        n += 1;
+                        bytes += black_box(payload).len();
+                    }
+                }
+                assert_eq!(n, SMALL_FRAMES);
+                black_box(bytes);
+                dec // dropped outside the timed region
             },
             BatchSize::LargeInput,
         )

@@ -205,6 +205,31 @@ pub enum Decoded {
     Discarded(Discard),
 }
 
+/// What [`Decoder::next_frame_ref`] yields: a frame borrowed from the
+/// receive buffer, or a discard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodedRef<'a> {
+    /// A complete, intact frame of an accepted type.
+    Frame {
+        /// Its type.
+        message_type: MessageType,
+        /// Its request id.
+        request_id: u16,
+        /// Its flags byte, as received.
+        flags: u8,
+        /// Its payload, valid until the next call on the decoder.
+        payload: &'a [u8],
+    },
+    /// Bytes that were dropped, and why.
+    Discarded(Discard),
+}
+
+/// One decoding step, before the frame is taken out of the buffer.
+enum Step {
+    Frame(Header, usize),
+    Discarded(Discard),
+}
+
 /// The receive side of one connection direction.
 #[derive(Debug)]
 pub struct Decoder {
@@ -212,6 +237,8 @@ pub struct Decoder {
     config: DecoderConfig,
     /// A discard decided in `push` (overflow), reported by the next `next_frame`.
     pending: Option<Discard>,
+    /// Bytes of the frame last lent by `next_frame_ref`, dropped at the next step.
+    skip: usize,
     failed: bool,
     stats: DecoderStats,
 }
@@ -223,6 +250,7 @@ impl Decoder {
             buf: BytesMut::new(),
             config,
             pending: None,
+            skip: 0,
             failed: false,
             stats: DecoderStats::default(),
         }
@@ -235,7 +263,7 @@ impl Decoder {
 
     /// Bytes buffered and not yet decoded.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.skip
     }
 
     /// The counters.
@@ -254,12 +282,14 @@ impl Decoder {
     pub fn clear(&mut self) {
         self.buf = BytesMut::new();
         self.pending = None;
+        self.skip = 0;
     }
 
     /// Appends received bytes (one copy into the receive buffer). Call
     /// [`next_frame`](Self::next_frame) until it returns `None` after each push to get
     /// Veltix's exact results.
     pub fn push(&mut self, chunk: &[u8]) {
+        self.release_lent();
         if self.failed || chunk.is_empty() {
             return;
         }
@@ -272,6 +302,7 @@ impl Decoder {
     /// Appends received bytes, taking ownership: when nothing is buffered the
     /// chunk becomes the buffer, so no byte is copied.
     pub fn push_bytes(&mut self, chunk: BytesMut) {
+        self.release_lent();
         if self.failed || chunk.is_empty() {
             return;
         }
@@ -282,6 +313,15 @@ impl Decoder {
             self.buf = chunk;
         } else {
             self.buf.extend_from_slice(&chunk);
+        }
+    }
+
+    /// Drops the frame `next_frame_ref` lent last (its borrow has ended).
+    #[inline(always)]
+    fn release_lent(&mut self) {
+        if self.skip > 0 {
+            self.buf.advance(self.skip);
+            self.skip = 0;
         }
     }
 
@@ -331,11 +371,14 @@ impl Decoder {
         d
     }
 
-    /// Decodes the next frame or discard, or `None` when more input is needed.
+    /// One decoding step shared by the owned and the borrowing paths: a
+    /// complete intact frame (header and its total length, still in the
+    /// buffer), a discard, or `None` when more input is needed.
     #[inline]
-    pub fn next_frame(&mut self) -> Option<Decoded> {
+    fn step(&mut self) -> Option<Step> {
+        self.release_lent();
         if let Some(d) = self.pending.take() {
-            return Some(Decoded::Discarded(d));
+            return Some(Step::Discarded(d));
         }
         if self.failed || self.buf.len() < HEADER_LEN {
             if self.buf.is_empty() && self.buf.capacity() != 0 {
@@ -345,12 +388,12 @@ impl Decoder {
             return None;
         }
         let Some(h) = Header::parse(&self.buf) else {
-            return Some(Decoded::Discarded(self.resync(DiscardReason::BadMagic)));
+            return Some(Step::Discarded(self.resync(DiscardReason::BadMagic)));
         };
         let total = h.frame_len();
         if total > self.config.max_message_size {
             let declared = total as u64;
-            return Some(Decoded::Discarded(
+            return Some(Step::Discarded(
                 self.resync(DiscardReason::Oversize { declared }),
             ));
         }
@@ -359,12 +402,10 @@ impl Decoder {
         }
         let actual = crc32fast::hash(&self.buf[HEADER_LEN..total]);
         if actual != h.crc32 {
-            return Some(Decoded::Discarded(self.resync(
-                DiscardReason::CrcMismatch {
-                    expected: h.crc32,
-                    actual,
-                },
-            )));
+            return Some(Step::Discarded(self.resync(DiscardReason::CrcMismatch {
+                expected: h.crc32,
+                actual,
+            })));
         }
         if let Some(set) = &self.config.accepted_types {
             if !set.contains(h.message_type) {
@@ -374,19 +415,70 @@ impl Decoder {
                     bytes: total,
                 };
                 self.stats.count(&d);
-                return Some(Decoded::Discarded(d));
+                return Some(Step::Discarded(d));
             }
         }
-        self.buf.advance(HEADER_LEN);
-        let payload = self.buf.split_to(total - HEADER_LEN).freeze();
         self.stats.frames += 1;
         self.stats.frame_bytes += total as u64;
-        Some(Decoded::Frame(Frame {
-            message_type: h.message_type,
-            request_id: h.request_id,
-            flags: h.flags,
-            payload,
-        }))
+        Some(Step::Frame(h, total))
+    }
+
+    /// Decodes the next frame or discard, or `None` when more input is needed.
+    /// The frame's payload shares the receive buffer (no copy).
+    #[inline]
+    pub fn next_frame(&mut self) -> Option<Decoded> {
+        Some(match self.step()? {
+            Step::Discarded(d) => Decoded::Discarded(d),
+            Step::Frame(h, total) => {
+                self.buf.advance(HEADER_LEN);
+                let payload = self.buf.split_to(total - HEADER_LEN).freeze();
+                Decoded::Frame(Frame {
+                    message_type: h.message_type,
+                    request_id: h.request_id,
+                    flags: h.flags,
+                    payload,
+                })
+            }
+        })
+    }
+
+    /// Like [`next_frame`](Self::next_frame), but the payload is borrowed
+    /// from the receive buffer until the next call: no reference count is
+    /// touched, for code that handles each frame inline (routing, counting,
+    /// forwarding). Same rules, same counters.
+    ///
+    /// ```
+    /// use veltix_proto::{frame::encode_frame, Decoder, DecoderConfig, MessageType};
+    /// use veltix_proto::decoder::DecodedRef;
+    /// let mut wire = Vec::new();
+    /// for i in 0..3u16 {
+    ///     encode_frame(MessageType::new(200), i, b"abc", &mut wire).unwrap();
+    /// }
+    /// let mut dec = Decoder::new(DecoderConfig::default());
+    /// dec.push(&wire);
+    /// let mut ids = Vec::new();
+    /// while let Some(d) = dec.next_frame_ref() {
+    ///     if let DecodedRef::Frame { request_id, payload, .. } = d {
+    ///         assert_eq!(payload, b"abc");
+    ///         ids.push(request_id);
+    ///     }
+    /// }
+    /// assert_eq!(ids, [0, 1, 2]);
+    /// ```
+    #[inline]
+    pub fn next_frame_ref(&mut self) -> Option<DecodedRef<'_>> {
+        Some(match self.step()? {
+            Step::Discarded(d) => DecodedRef::Discarded(d),
+            Step::Frame(h, total) => {
+                self.skip = total;
+                DecodedRef::Frame {
+                    message_type: h.message_type,
+                    request_id: h.request_id,
+                    flags: h.flags,
+                    payload: &self.buf[HEADER_LEN..total],
+                }
+            }
+        })
     }
 }
 
@@ -487,6 +579,49 @@ mod tests {
             })]
         );
         assert_eq!(d.stats().overflow, 1);
+    }
+
+    #[test]
+    fn borrowed_and_owned_paths_agree() {
+        let mut wire = b"junk-before-the-frames!".to_vec();
+        for i in 0..50u16 {
+            wire.extend(frame(200 + (i % 3), i, &vec![i as u8; usize::from(i) * 7]));
+            if i % 10 == 0 {
+                wire.extend_from_slice(b"VXgarbage-with-magic");
+            }
+        }
+        let cfg = DecoderConfig {
+            max_message_size: 300,
+            ..DecoderConfig::default()
+        };
+        let (mut a, mut b) = (Decoder::new(cfg.clone()), Decoder::new(cfg));
+        let mut owned = Vec::new();
+        let mut lent = Vec::new();
+        for chunk in wire.chunks(37) {
+            a.push(chunk);
+            owned.extend(drain(&mut a));
+            b.push(chunk);
+            while let Some(d) = b.next_frame_ref() {
+                lent.push(match d {
+                    DecodedRef::Frame {
+                        message_type,
+                        request_id,
+                        flags,
+                        payload,
+                    } => Decoded::Frame(Frame {
+                        message_type,
+                        request_id,
+                        flags,
+                        payload: Bytes::copy_from_slice(payload),
+                    }),
+                    DecodedRef::Discarded(d) => Decoded::Discarded(d),
+                });
+            }
+            assert_eq!(a.buffered(), b.buffered());
+        }
+        assert_eq!(owned, lent);
+        assert_eq!(a.stats(), b.stats());
+        assert!(a.stats().oversize > 0 && a.stats().frames > 30);
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub use connection::{
 };
 pub use correlation::{IdsExhausted, RequestKind};
 pub use decoder::{
-    Decoded, Decoder, DecoderConfig, DecoderStats, Discard, DiscardReason, TypeSet,
+    Decoded, DecodedRef, Decoder, DecoderConfig, DecoderStats, Discard, DiscardReason, TypeSet,
     DEFAULT_MAX_BUFFER_SIZE,
 };
 pub use driver_error::Error;

@@ -556,13 +556,13 @@ impl Connection {
         self.events.pop_front()
     }
 
-    /// When `handle_timeout` must be called next. While output or events are
-    /// queued this is the latest `now` seen (so a driver does not sleep);
-    /// `None` when no timer runs and nothing is queued.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if !self.events.is_empty() || !self.out.is_empty() {
-            return Some(self.now);
-        }
+    /// The earliest timer (handshake or request deadline), ignoring queued
+    /// output and events; `None` when no timer runs or the connection is
+    /// closed. For drivers whose reading and writing run on different
+    /// threads: the reader sleeps until this, while the writer drains
+    /// `poll_transmit` (a reader waiting on [`poll_timeout`](Self::poll_timeout)
+    /// would spin until the writer is done). Single-loop drivers use `poll_timeout`.
+    pub fn next_timer(&self) -> Option<Instant> {
         if self.is_closed() {
             return None;
         }
@@ -570,6 +570,16 @@ impl Connection {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// When `handle_timeout` must be called next. While output or events are
+    /// queued this is the latest `now` seen (so a driver does not sleep);
+    /// `None` when no timer runs and nothing is queued.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if !self.events.is_empty() || !self.out.is_empty() {
+            return Some(self.now);
+        }
+        self.next_timer()
     }
 }
 

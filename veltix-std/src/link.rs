@@ -8,7 +8,7 @@
 //! lives here: the core decides what to send, when to time out and what an
 //! input means.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -53,8 +53,17 @@ struct State {
     conn: Connection,
     waiters: BTreeMap<u16, Option<Result<Reply, RequestFailure>>>,
     writer_waiting: bool,
+    /// Bytes taken from the core and not yet written, in order.
+    unsent: VecDeque<Bytes>,
+    /// A thread is writing (the writer, or an inline attempt): the only one
+    /// allowed to, so bytes leave in order.
+    writing: bool,
     status: Status,
 }
+
+/// Largest output an inline (non-blocking) write attempt takes on; more is
+/// left to the writer thread.
+const INLINE_MAX: usize = 64 * 1024;
 
 /// A driven connection. Cheap to share (`Arc`).
 pub(crate) struct Link {
@@ -98,6 +107,33 @@ fn write_chunks(mut sock: &TcpStream, chunks: &mut Vec<Bytes>) -> std::io::Resul
     Ok(())
 }
 
+/// Writes as much as the socket takes right now (`MSG_DONTWAIT`, so this
+/// call never blocks, while other threads keep the socket blocking). Written
+/// bytes are removed from `chunks`; `Ok` even when some remain.
+fn send_nonblocking(sock: &TcpStream, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+    let s = socket2::SockRef::from(sock);
+    while !chunks.is_empty() {
+        let slices: Vec<IoSlice<'_>> = chunks.iter().take(64).map(|c| IoSlice::new(c)).collect();
+        let mut n = match s.send_vectored_with_flags(&slices, libc::MSG_DONTWAIT) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        while n > 0 {
+            if n >= chunks[0].len() {
+                n -= chunks[0].len();
+                chunks.remove(0);
+            } else {
+                chunks[0].advance(n);
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Link {
     /// Starts the reader and writer threads of a fresh connection.
     pub(crate) fn spawn(
@@ -114,6 +150,8 @@ impl Link {
                 conn,
                 waiters: BTreeMap::new(),
                 writer_waiting: false,
+                unsent: VecDeque::new(),
+                writing: false,
                 status: Status::Handshaking,
             }),
             changed: Condvar::new(),
@@ -148,8 +186,20 @@ impl Link {
         self.peer_addr
     }
 
-    fn kick_writer(&self, st: &State) {
-        if st.writer_waiting {
+    /// Whether the writer must be woken (it sleeps and has work); claims
+    /// the wake-up so that later callers do not repeat it. Notify only after
+    /// the state lock is released, or the woken writer blocks on it at once.
+    fn claim_kick(st: &mut State) -> bool {
+        let work = st.conn.queued_bytes() > 0 || !st.unsent.is_empty() || st.conn.is_closed();
+        let kick = st.writer_waiting && !st.writing && work;
+        if kick {
+            st.writer_waiting = false;
+        }
+        kick
+    }
+
+    fn kick_writer(&self, kick: bool) {
+        if kick {
             self.writable.notify_one();
         }
     }
@@ -160,43 +210,91 @@ impl Link {
             {
                 let mut st = lock(&self.state);
                 loop {
-                    while let Some(b) = st.conn.poll_transmit() {
-                        chunks.push(b);
-                    }
-                    if !chunks.is_empty() {
-                        break;
-                    }
-                    if st.conn.is_closed() {
-                        drop(st);
-                        // Everything queued went out: end the stream (wakes the reader too).
-                        let _ = self.sock.shutdown(Shutdown::Both);
-                        return;
+                    if !st.writing {
+                        while let Some(b) = st.conn.poll_transmit() {
+                            st.unsent.push_back(b);
+                        }
+                        if !st.unsent.is_empty() {
+                            chunks.extend(st.unsent.drain(..));
+                            st.writing = true;
+                            break;
+                        }
+                        if st.conn.is_closed() {
+                            drop(st);
+                            // Everything queued went out: end the stream (wakes the reader too).
+                            let _ = self.sock.shutdown(Shutdown::Both);
+                            return;
+                        }
                     }
                     st.writer_waiting = true;
                     st = wait(&self.writable, st);
                     st.writer_waiting = false;
                 }
             }
-            if let Err(e) = write_chunks(&self.sock, &mut chunks) {
+            let r = write_chunks(&self.sock, &mut chunks);
+            let mut st = lock(&self.state);
+            st.writing = false;
+            if let Err(e) = r {
                 tracing::debug!(peer = %self.peer_addr, error = %e, "write failed");
-                lock(&self.state)
-                    .conn
-                    .handle_transport_error(Instant::now(), &e);
+                st.conn.handle_transport_error(Instant::now(), &e);
+                drop(st);
                 let _ = self.sock.shutdown(Shutdown::Both);
                 return;
             }
         }
     }
 
+    /// Writes queued output from the calling thread without blocking and
+    /// without waking the writer, when nobody else is writing and the output
+    /// is small: a request's or a PONG's frame leaves at once instead of
+    /// after a thread hand-off. What the socket does not take at once is
+    /// left (in order) to the writer thread.
+    fn write_inline<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if st.writing || st.conn.is_closed() {
+            return st;
+        }
+        while let Some(b) = st.conn.poll_transmit() {
+            st.unsent.push_back(b);
+        }
+        let len: usize = st.unsent.iter().map(Bytes::len).sum();
+        if len == 0 || len > INLINE_MAX {
+            return st;
+        }
+        let mut chunks: Vec<Bytes> = st.unsent.drain(..).collect();
+        st.writing = true;
+        drop(st);
+        let r = send_nonblocking(&self.sock, &mut chunks);
+        let mut st = lock(&self.state);
+        st.writing = false;
+        match r {
+            Ok(()) => {
+                // Unwritten bytes go back in front, ahead of anything queued since.
+                for c in chunks.into_iter().rev() {
+                    st.unsent.push_front(c);
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer_addr, error = %e, "write failed");
+                st.unsent.clear();
+                st.conn.handle_transport_error(Instant::now(), &e);
+                let _ = self.sock.shutdown(Shutdown::Both);
+            }
+        }
+        st
+    }
+
     fn run_reader(self: &Arc<Self>, sink: &dyn Sink, buffer_size: usize) {
-        let mut buf = vec![0u8; buffer_size.max(64)];
+        // At least 64 KiB per read: Veltix's 8 KiB default costs eight times
+        // the reads (and lock rounds) on a busy connection.
+        let mut buf = vec![0u8; buffer_size.max(64 * 1024)];
         let mut read_timeout: Option<Duration> = None;
         loop {
             let timeout = {
                 let st = lock(&self.state);
                 let now = Instant::now();
+                // Timers only: queued output is the writer thread's business.
                 st.conn
-                    .poll_timeout()
+                    .next_timer()
                     .map(|t| t.saturating_duration_since(now))
             };
             let outcome = if timeout == Some(Duration::ZERO) {
@@ -227,7 +325,10 @@ impl Link {
                 }
                 let was_established = matches!(st.status, Status::Established);
                 let out = self.route_events(&mut st);
-                self.kick_writer(&st);
+                let mut st = self.write_inline(st);
+                let kick = Self::claim_kick(&mut st);
+                drop(st);
+                self.kick_writer(kick);
                 (out.0, out.1, out.2, was_established)
             };
             if let Some(peer) = peer {
@@ -329,7 +430,9 @@ impl Link {
     ) -> Result<T, Error> {
         let mut st = lock(&self.state);
         let r = f(&mut st.conn)?;
-        self.kick_writer(&st);
+        let kick = Self::claim_kick(&mut st);
+        drop(st);
+        self.kick_writer(kick);
         Ok(r)
     }
 
@@ -353,14 +456,20 @@ impl Link {
         self.command(|c| c.send_encoded(frame))
     }
 
-    fn wait_reply(
-        &self,
-        mut st: MutexGuard<'_, State>,
+    fn wait_reply<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
         id: u16,
         timeout: Duration,
     ) -> Result<Reply, Error> {
         st.waiters.insert(id, None);
-        self.kick_writer(&st);
+        st = self.write_inline(st);
+        if Self::claim_kick(&mut st) {
+            // Released and re-taken so the writer does not wake into a held lock.
+            drop(st);
+            self.writable.notify_one();
+            st = lock(&self.state);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(Some(_)) = st.waiters.get(&id) {
@@ -415,8 +524,9 @@ impl Link {
         st.conn.close();
         // The reader is blocked in read: it will see the shutdown the writer does
         // once everything queued is written.
-        self.writable.notify_one();
+        st.writer_waiting = false;
         drop(st);
+        self.writable.notify_one();
     }
 
     /// Joins the threads if both have finished; `true` when done.

@@ -61,6 +61,10 @@ struct State {
     status: Status,
 }
 
+/// How long a `send_and_wait`/ping caller polls for its reply before it
+/// parks on the condition variable.
+const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+
 /// Largest output an inline (non-blocking) write attempt takes on; more is
 /// left to the writer thread.
 const INLINE_MAX: usize = 64 * 1024;
@@ -471,6 +475,15 @@ impl Link {
             st = lock(&self.state);
         }
         let deadline = Instant::now() + timeout;
+        // Spin briefly before parking: a loopback or LAN reply often lands
+        // within tens of microseconds, and waking a parked thread on an idle
+        // vCPU costs about that much again. Bounded, and it yields the CPU.
+        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        while !matches!(st.waiters.get(&id), Some(Some(_))) && Instant::now() < spin_until {
+            drop(st);
+            std::thread::yield_now();
+            st = lock(&self.state);
+        }
         loop {
             if let Some(Some(_)) = st.waiters.get(&id) {
                 let r = st.waiters.remove(&id).flatten().expect("checked");

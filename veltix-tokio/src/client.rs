@@ -14,11 +14,12 @@ use veltix_proto::{
     Error, Frame, MessageType, PeerHello, Router,
 };
 
-use crate::conn::{drive, next_delivery, now, Conn, Delivery};
+use crate::conn::{drive, now, Conn, Delivery, Inbox};
 use crate::lock;
 
-/// Capacity of the client's event channel (messages and lifecycle events).
-const EVENTS: usize = 1024;
+/// Capacity of the client's event channel (messages and lifecycle events),
+/// in batches (one batch holds what one read produced).
+const EVENTS: usize = 128;
 
 /// What [`Client::recv`] returns.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,8 +44,8 @@ struct Shared {
     manual: AtomicBool,
     stop_retry: AtomicBool,
     stop: Notify,
-    tx: mpsc::Sender<((), Delivery)>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<((), Delivery)>>,
+    tx: mpsc::Sender<((), Vec<Delivery>)>,
+    rx: tokio::sync::Mutex<Inbox<()>>,
     routes: Mutex<Router<Route>>,
 }
 
@@ -130,7 +131,7 @@ async fn dial(s: &Arc<Shared>) -> Result<Arc<Conn>, Error> {
 
 async fn emit(s: &Shared, state: DisconnectState) {
     tracing::debug!(?state, "disconnect state");
-    let _ = s.tx.send(((), Delivery::Lifecycle(state))).await;
+    let _ = s.tx.send(((), vec![Delivery::Lifecycle(state)])).await;
 }
 
 /// Sleeps `d` unless stopped; `false` when `stop_retry`/`disconnect` cut it short.
@@ -243,7 +244,7 @@ impl Client {
             stop_retry: AtomicBool::new(false),
             stop: Notify::new(),
             tx,
-            rx: tokio::sync::Mutex::new(rx),
+            rx: tokio::sync::Mutex::new(Inbox::new(rx)),
             routes: Mutex::new(Router::default()),
         });
         retry_loop(&shared, None, true).await?;
@@ -345,8 +346,7 @@ impl Client {
         let s = self.shared();
         let mut rx = s.rx.lock().await;
         loop {
-            let (_, d) =
-                next_delivery(&mut rx, &s.stop, || s.manual.load(Ordering::SeqCst)).await?;
+            let (_, d) = rx.next(&s.stop, || s.manual.load(Ordering::SeqCst)).await?;
             match d {
                 Delivery::Connected(p) => return Some(ClientEvent::Connected(p)),
                 Delivery::Lifecycle(st) => return Some(ClientEvent::Disconnected(st)),

@@ -290,28 +290,50 @@ impl Drop for PendingReply<'_> {
     }
 }
 
-/// The next delivery for a role's `recv`: taken at once when one is queued
-/// (no waiter registration, no `select!`), otherwise awaited until one
-/// comes or `stop` fires with `stopped()` true (then `None` once drained).
-pub(crate) async fn next_delivery<T>(
-    rx: &mut mpsc::Receiver<(T, Delivery)>,
-    stop: &Notify,
-    stopped: impl Fn() -> bool,
-) -> Option<(T, Delivery)> {
-    if let Ok(item) = rx.try_recv() {
-        return Some(item);
+/// The receiving end of a role's deliveries: batches from the connection
+/// tasks, handed out one event at a time, in order.
+pub(crate) struct Inbox<T> {
+    rx: mpsc::Receiver<(T, Vec<Delivery>)>,
+    batch: Option<(T, std::vec::IntoIter<Delivery>)>,
+}
+
+impl<T: Clone> Inbox<T> {
+    pub(crate) fn new(rx: mpsc::Receiver<(T, Vec<Delivery>)>) -> Self {
+        Inbox { rx, batch: None }
     }
-    loop {
-        // Registered before the flag is read, so a stop cannot slip between.
-        let notified = stop.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if stopped() {
-            return rx.try_recv().ok();
-        }
-        tokio::select! {
-            r = rx.recv() => return r,
-            () = notified => {}
+
+    /// The next delivery: from the current batch, else the next queued batch
+    /// (no waiter registration, no `select!`), otherwise awaited until one
+    /// comes or `stop` fires with `stopped()` true (then `None` once drained).
+    pub(crate) async fn next(
+        &mut self,
+        stop: &Notify,
+        stopped: impl Fn() -> bool,
+    ) -> Option<(T, Delivery)> {
+        loop {
+            if let Some((tag, it)) = &mut self.batch {
+                if let Some(d) = it.next() {
+                    return Some((tag.clone(), d));
+                }
+                self.batch = None;
+            }
+            let (tag, batch) = match self.rx.try_recv() {
+                Ok(b) => b,
+                Err(_) => loop {
+                    // Registered before the flag is read, so a stop cannot slip between.
+                    let notified = stop.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if stopped() {
+                        break self.rx.try_recv().ok()?;
+                    }
+                    tokio::select! {
+                        r = self.rx.recv() => break r?,
+                        () = notified => {}
+                    }
+                },
+            };
+            self.batch = Some((tag, batch.into_iter()));
         }
     }
 }
@@ -346,7 +368,7 @@ pub(crate) async fn drive<T: Clone + Send + 'static>(
     conn: Arc<Conn>,
     stream: TcpStream,
     tag: T,
-    deliveries: mpsc::Sender<(T, Delivery)>,
+    deliveries: mpsc::Sender<(T, Vec<Delivery>)>,
     read_size: usize,
 ) -> CloseReason {
     let mut pending: VecDeque<Bytes> = VecDeque::new();
@@ -361,15 +383,14 @@ pub(crate) async fn drive<T: Clone + Send + 'static>(
             }
             st.conn.poll_timeout()
         };
-        let wrote_or_closed = !out.is_empty();
-        for d in out.drain(..) {
-            if let Delivery::Closed(r) = &d {
+        if !out.is_empty() {
+            if let Some(Delivery::Closed(r)) = out.last() {
                 reason = Some(r.clone());
             }
-            // A dropped receiver only means nobody listens any more.
-            let _ = deliveries.send((tag.clone(), d)).await;
-        }
-        if wrote_or_closed {
+            // One channel operation per batch (everything one read produced),
+            // not per message. A dropped receiver only means nobody listens.
+            let batch = std::mem::take(&mut out);
+            let _ = deliveries.send((tag.clone(), batch)).await;
             conn.changed.notify_waiters();
         }
         if let Some(r) = &reason {

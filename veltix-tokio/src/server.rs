@@ -17,11 +17,12 @@ use veltix_proto::{
     ServerConfig, SharedTags,
 };
 
-use crate::conn::{drive, next_delivery, now, Conn, Delivery};
+use crate::conn::{drive, now, Conn, Delivery, Inbox};
 use crate::lock;
 
-/// Capacity of the server's event channel, shared by all peers.
-const EVENTS: usize = 4096;
+/// Capacity of the server's event channel, shared by all peers, in batches
+/// (one batch holds what one read of one connection produced).
+const EVENTS: usize = 512;
 /// Pending connections the kernel may queue before `accept`.
 const LISTEN_BACKLOG: u32 = 4096;
 
@@ -116,8 +117,8 @@ struct Shared {
     accept_task: Mutex<Option<JoinHandle<()>>>,
     stopping: AtomicBool,
     stop: Arc<Notify>,
-    tx: mpsc::Sender<(Peer, Delivery)>,
-    rx: tokio::sync::Mutex<mpsc::Receiver<(Peer, Delivery)>>,
+    tx: mpsc::Sender<(Peer, Vec<Delivery>)>,
+    rx: tokio::sync::Mutex<Inbox<Peer>>,
     routes: Mutex<Router<Route>>,
 }
 
@@ -255,7 +256,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             stop: Arc::new(Notify::new()),
             tx,
-            rx: tokio::sync::Mutex::new(rx),
+            rx: tokio::sync::Mutex::new(Inbox::new(rx)),
             routes: Mutex::new(Router::default()),
         });
         let t = tokio::spawn(accept_loop(
@@ -293,10 +294,9 @@ impl Server {
     pub async fn recv(&self) -> Option<ServerEvent> {
         let mut rx = self.0.rx.lock().await;
         loop {
-            let (peer, d) = next_delivery(&mut rx, &self.0.stop, || {
-                self.0.stopping.load(Ordering::SeqCst)
-            })
-            .await?;
+            let (peer, d) = rx
+                .next(&self.0.stop, || self.0.stopping.load(Ordering::SeqCst))
+                .await?;
             match d {
                 Delivery::Connected(hello) => {
                     *lock(&peer.0.hello) = Some(hello);

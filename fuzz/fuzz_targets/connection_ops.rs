@@ -1,4 +1,4 @@
 //! `cargo fuzz run connection_ops`: see `veltix_proto::fuzz::connection_ops` for the input layout and the invariants.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| veltix_proto::fuzz::connection_ops(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| veltix_proto::fuzz::connection_ops(std::time::Instant::now(), data));

@@ -25,6 +25,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use veltix_proto::fuzz::{body, Body, XorShift, TARGETS};
 
@@ -58,7 +59,7 @@ fn files(kind: &str, target: &str) -> Vec<PathBuf> {
 
 /// Runs `f` on `data`; on a panic, fails naming what was replayed.
 fn run(target: &str, f: Body, data: &[u8], what: &dyn std::fmt::Display) {
-    if catch_unwind(AssertUnwindSafe(|| f(data))).is_err() {
+    if catch_unwind(AssertUnwindSafe(|| f(Instant::now(), data))).is_err() {
         panic!(
             "fuzz body {target} failed on {what} ({} bytes: {})",
             data.len(),
@@ -205,7 +206,7 @@ fn replay_one() {
     }
     let data = std::fs::read(&input).expect("FUZZ_INPUT is readable");
     // No catch_unwind: the panic message and backtrace show as they are.
-    f(&data);
+    f(Instant::now(), &data);
     eprintln!("{target}: {} ran clean", input.display());
 }
 

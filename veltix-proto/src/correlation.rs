@@ -251,21 +251,4 @@ mod tests {
         let mut a = IdAllocator::server(4);
         assert_eq!(a.allocate(|_| true), Err(IdsExhausted { window: 4 }));
     }
-
-    #[test]
-    fn pending_leaves_exactly_once() {
-        let t0 = Instant::now();
-        let mut p = PendingRequests::new();
-        assert!(p.insert(1, RequestKind::Request, t0, Duration::from_secs(2)));
-        assert!(!p.insert(1, RequestKind::Ping, t0, Duration::from_secs(1)));
-        assert!(p.insert(2, RequestKind::Ping, t0, Duration::from_secs(1)));
-        assert_eq!(p.next_deadline(), Some(t0 + Duration::from_secs(1)));
-        assert!(p.expire(t0).is_none());
-        let (id, _) = p.expire(t0 + Duration::from_secs(1)).unwrap();
-        assert_eq!(id, 2);
-        assert!(p.resolve(2).is_none());
-        assert!(p.resolve(1).is_some());
-        assert!(p.resolve(1).is_none());
-        assert!(p.is_empty() && p.next_deadline().is_none());
-    }
 }

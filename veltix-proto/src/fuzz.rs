@@ -40,8 +40,9 @@ pub use handshakes::{handshake_client, handshake_server};
 pub use ops::connection_ops;
 pub use retries::retry_policy;
 
-/// A fuzz body.
-pub type Body = fn(&[u8]);
+/// A fuzz body: `t0` is any instant the caller picks as the start of
+/// virtual time (it reads its own clock once; the core never reads one).
+pub type Body = fn(std::time::Instant, &[u8]);
 
 /// Every fuzz target: its name (the file `fuzz/fuzz_targets/<name>.rs` and
 /// the corpus folder `fuzz/corpus/<name>/`) and its body.

@@ -2,6 +2,7 @@
 //! stream decoder.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use arbitrary::{Result, Unstructured};
 use bytes::{Bytes, BytesMut};
@@ -243,7 +244,7 @@ impl<'a> Tracker<'a> {
 /// the next `VX`, unknown types whole); the counters match the events;
 /// delivered + discarded + buffered == pushed (a failed strict decoder: `<=`,
 /// and it holds nothing); nothing decodable is left buffered.
-pub fn frame_decode(data: &[u8]) {
+pub fn frame_decode(_t0: Instant, data: &[u8]) {
     let (p, stream) = prefix::<4>(data);
     let config = decoder_config(p);
     let mode = p[0] >> 6;
@@ -326,7 +327,7 @@ fn decode_all(config: DecoderConfig, bytes: &[u8]) -> (Vec<Decoded>, usize) {
 /// itself (also with an exact `max_message_size` and a one-type filter),
 /// agrees with the other encoders, is refused at one byte under the limit,
 /// fails its CRC when a payload byte changes and waits when truncated.
-pub fn frame_roundtrip(data: &[u8]) {
+pub fn frame_roundtrip(_t0: Instant, data: &[u8]) {
     let (events, buffered) = decode_all(DecoderConfig::default(), data);
     let mut cursor = 0;
     for d in events {
@@ -437,7 +438,7 @@ fn frame_roundtrip_one(f: &Frame, corrupt_at: usize) {
 /// which also chooses strictness, a type filter (dropped frames must come out
 /// as whole `UnknownType` discards in both runs), a `max_message_size` of
 /// exactly the largest frame or the default, and how to cut.
-pub fn frame_chunking(data: &[u8]) {
+pub fn frame_chunking(_t0: Instant, data: &[u8]) {
     let (events, _) = decode_all(DecoderConfig::default(), data);
     let frames: Vec<Frame> = events
         .into_iter()

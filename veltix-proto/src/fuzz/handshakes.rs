@@ -20,8 +20,8 @@ use crate::json::to_vec_python;
 /// Arbitrary bytes, or arbitrary JSON objects, as the server at every step of
 /// a client's handshake (hello or rejection, then ack, then framed traffic).
 /// See [`handshake_server`] for the input layout and the invariants.
-pub fn handshake_client(data: &[u8]) {
-    run(Side::Client, data);
+pub fn handshake_client(t0: Instant, data: &[u8]) {
+    run(t0, Side::Client, data);
 }
 
 /// Arbitrary bytes, or arbitrary JSON objects, as the client hello a server
@@ -46,8 +46,8 @@ pub fn handshake_client(data: &[u8]) {
 /// handshaking. In structured mode an oracle predicts the outcome of
 /// well-formed messages (established with the peer's hello, or the exact
 /// failure), checked as soon as the deciding bytes are in.
-pub fn handshake_server(data: &[u8]) {
-    run(Side::Server, data);
+pub fn handshake_server(t0: Instant, data: &[u8]) {
+    run(t0, Side::Server, data);
 }
 
 /// How one message ends the handshake, as far as the oracle knows.
@@ -357,7 +357,7 @@ fn arb_peer_stream(u: &mut Unstructured<'_>, side: Side) -> Result<(Vec<u8>, Opt
     Ok((wire, verdict.flatten()))
 }
 
-fn run(side: Side, data: &[u8]) {
+fn run(t0: Instant, side: Side, data: &[u8]) {
     let (p, rest) = prefix::<4>(data);
     let structured = p[0] & 1 != 0;
     let (wire, verdict) = if structured {
@@ -369,7 +369,7 @@ fn run(side: Side, data: &[u8]) {
     } else {
         (rest.to_vec(), None)
     };
-    feed(side, p, &wire, verdict.as_ref());
+    feed(t0, side, p, &wire, verdict.as_ref());
 }
 
 /// Everything one connection did, checked as it happens.
@@ -438,7 +438,7 @@ impl Watch {
     }
 }
 
-fn feed(side: Side, p: [u8; 4], wire: &[u8], verdict: Option<&Verdict>) {
+fn feed(t0: Instant, side: Side, p: [u8; 4], wire: &[u8], verdict: Option<&Verdict>) {
     let strict = p[0] & 2 != 0;
     let eof = p[0] & 4 != 0;
     let timer = (p[0] >> 3) & 3;
@@ -449,7 +449,7 @@ fn feed(side: Side, p: [u8; 4], wire: &[u8], verdict: Option<&Verdict>) {
     };
     config.decoder.strict = strict;
     let hello = encode_hello(&config.hello).to_vec();
-    let t0 = Instant::now();
+    // The caller's epoch: the core never reads a clock.
     let deadline = t0 + timeout;
     let mut conn = Connection::new(side, Arc::new(config), t0);
     let mut w = Watch {

@@ -575,10 +575,10 @@ impl World {
 /// a local close found queued; `poll_timeout` is due while output or events
 /// are queued, and after `handle_timeout(now)` it is `None` or later than
 /// `now`. At the end both sides close and nothing stays pending.
-pub fn connection_ops(data: &[u8]) {
+pub fn connection_ops(t0: Instant, data: &[u8]) {
     let (p, script) = prefix::<4>(data);
     let hs = Duration::from_millis(50 * (u64::from(p[2]) + 1));
-    let t0 = Instant::now();
+    // The caller's epoch: the core never reads a clock.
     let mut w = World {
         c: Peer::new(Side::Client, config(p[0], hs), t0),
         s: Peer::new(Side::Server, config(p[1], hs), t0),

@@ -1,7 +1,7 @@
 //! `retry_policy`: the reconnect state machine under arbitrary settings,
 //! non-finite ones included, and arbitrary sequences of outcomes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arbitrary::{Result, Unstructured};
 
@@ -75,7 +75,7 @@ fn reason(u: &mut Unstructured<'_>) -> Result<DisconnectReason> {
 /// without backoff; reports are one or two, numbered by the attempt, with the
 /// budget, the permanent one last; attempts never exceed the budget; after a
 /// permanent report only `GiveUp` comes until a success or a `restart`.
-pub fn retry_policy(data: &[u8]) {
+pub fn retry_policy(_t0: Instant, data: &[u8]) {
     let mut u = Unstructured::new(data);
     let _ = run(&mut u);
 }

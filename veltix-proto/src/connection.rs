@@ -287,6 +287,7 @@ impl Connection {
             // Same admission rule as `send`: an empty queue takes any frame.
             if !self.out.is_empty() && self.out.len() + HEADER_LEN > self.config.max_outbound {
                 self.stats.pongs_dropped += 1;
+                tracing::warn!(side = ?self.side, request_id = f.request_id, "PING unanswered: the peer does not read");
                 self.events.push_back(Event::PongDropped {
                     request_id: f.request_id,
                 });
@@ -531,6 +532,11 @@ impl Connection {
             });
         }
         let unsent_bytes = if keep_output { 0 } else { self.out.clear() };
+        if unsent_bytes > 0 {
+            tracing::warn!(side = ?self.side, unsent_bytes, %reason, "closed with unsent data");
+        } else {
+            tracing::debug!(side = ?self.side, %reason, "closed");
+        }
         self.handshake_deadline = None;
         // Free the receive buffer; the counters stay readable after the close.
         self.decoder.clear();

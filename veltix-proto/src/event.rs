@@ -38,6 +38,36 @@ pub enum RequestFailure {
     Closed(CloseReason),
 }
 
+/// What a request or ping got back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The reply frame to a request.
+    Frame(Frame),
+    /// A PING's round-trip time.
+    Pong(Duration),
+}
+
+/// An [`Event`] sorted by what a driver does with it (see [`Event::routed`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routed {
+    /// The handshake finished.
+    Connected(PeerHello),
+    /// A message for the application.
+    Message(Frame),
+    /// A request or ping ended: hand the outcome to its waiter.
+    Completed {
+        /// The request's id.
+        request_id: u16,
+        /// Its reply, or why there is none.
+        outcome: Result<Reply, RequestFailure>,
+    },
+    /// The connection closed (the last event).
+    Closed(CloseReason),
+    /// A diagnostic only (a discard, an unanswered PING); the core has
+    /// already counted and logged it.
+    Diagnostic,
+}
+
 /// An event for the application. Drain them with
 /// [`Connection::poll_event`](crate::Connection::poll_event) after every input.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,4 +120,42 @@ pub enum Event {
         /// `poll_transmit` (0 after a local close, which keeps them for draining).
         unsent_bytes: usize,
     },
+}
+
+impl Event {
+    /// The event sorted for a driver: requests' outcomes (responses, pongs,
+    /// failures) are folded into [`Routed::Completed`], diagnostics into
+    /// [`Routed::Diagnostic`], so a driver only dispatches.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use veltix_proto::{Event, Reply, Routed};
+    /// let e = Event::Pong { request_id: 3, rtt: Duration::from_micros(40) };
+    /// assert_eq!(
+    ///     e.routed(),
+    ///     Routed::Completed { request_id: 3, outcome: Ok(Reply::Pong(Duration::from_micros(40))) }
+    /// );
+    /// ```
+    pub fn routed(self) -> Routed {
+        match self {
+            Event::Connected(p) => Routed::Connected(p),
+            Event::Message(f) => Routed::Message(f),
+            Event::Response { request_id, frame } => Routed::Completed {
+                request_id,
+                outcome: Ok(Reply::Frame(frame)),
+            },
+            Event::Pong { request_id, rtt } => Routed::Completed {
+                request_id,
+                outcome: Ok(Reply::Pong(rtt)),
+            },
+            Event::RequestFailed {
+                request_id, reason, ..
+            } => Routed::Completed {
+                request_id,
+                outcome: Err(reason),
+            },
+            Event::Discarded(_) | Event::PongDropped { .. } => Routed::Diagnostic,
+            Event::Closed { reason, .. } => Routed::Closed(reason),
+        }
+    }
 }

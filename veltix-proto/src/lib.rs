@@ -115,7 +115,7 @@ pub use decoder::{
 };
 pub use driver_error::Error;
 pub use error::SendError;
-pub use event::{CloseReason, Event, RequestFailure};
+pub use event::{CloseReason, Event, Reply, RequestFailure, Routed};
 pub use frame::{
     EncodedFrame, Frame, Header, MessageType, PayloadTooLarge, DEFAULT_MAX_MESSAGE_SIZE,
     HEADER_LEN, MAGIC,

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use veltix_proto::{
-    CloseReason, Connection, ConnectionStats, EncodedFrame, Event, Frame, MessageType, PeerHello,
-    RequestFailure,
+    CloseReason, Connection, ConnectionStats, EncodedFrame, Frame, MessageType, PeerHello, Reply,
+    RequestFailure, Routed,
 };
 
 use crate::pool::{lock, wait};
@@ -33,12 +33,6 @@ pub(crate) trait Sink: Send + Sync + 'static {
     fn messages(&self, link: &Arc<Link>, frames: Vec<Frame>);
     /// The connection is over; the reader exits after this.
     fn closed(&self, link: &Arc<Link>, reason: CloseReason, was_established: bool);
-}
-
-/// What a parked waiter receives.
-enum Reply {
-    Frame(Frame),
-    Pong(Duration),
 }
 
 #[derive(Default)]
@@ -356,41 +350,24 @@ impl Link {
         let mut closed = None;
         let mut woke = false;
         while let Some(ev) = st.conn.poll_event() {
-            match ev {
-                Event::Connected(p) => {
+            match ev.routed() {
+                Routed::Connected(p) => {
                     st.status = Status::Established;
                     peer = Some(p);
                     woke = true;
                 }
-                Event::Message(f) => messages.push(f),
-                Event::Response { request_id, frame } => {
-                    woke |= fill(st, request_id, Ok(Reply::Frame(frame)));
-                }
-                Event::Pong { request_id, rtt } => {
-                    woke |= fill(st, request_id, Ok(Reply::Pong(rtt)));
-                }
-                Event::RequestFailed {
-                    request_id, reason, ..
-                } => {
-                    woke |= fill(st, request_id, Err(reason));
-                }
-                Event::Discarded(d) => {
-                    tracing::debug!(peer = %self.peer_addr, reason = ?d.reason, bytes = d.bytes, "dropped input");
-                }
-                Event::PongDropped { request_id } => {
-                    tracing::warn!(peer = %self.peer_addr, request_id, "PING unanswered: peer does not read");
-                }
-                Event::Closed {
-                    reason,
-                    unsent_bytes,
-                } => {
-                    if unsent_bytes > 0 {
-                        tracing::warn!(peer = %self.peer_addr, unsent_bytes, %reason, "connection closed with unsent data");
-                    }
+                Routed::Message(f) => messages.push(f),
+                Routed::Completed {
+                    request_id,
+                    outcome,
+                } => woke |= fill(st, request_id, outcome),
+                Routed::Closed(reason) => {
                     st.status = Status::Closed(reason.clone());
                     closed = Some(reason);
                     woke = true;
                 }
+                // Counted and logged by the core.
+                Routed::Diagnostic => {}
             }
         }
         if woke {

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 
 use crate::lock;
 use veltix_proto::{
-    CloseReason, Connection, ConnectionStats, EncodedFrame, Error, Event, Frame, MessageType,
-    PeerHello, RequestFailure, SendError,
+    CloseReason, Connection, ConnectionStats, EncodedFrame, Error, Frame, MessageType, PeerHello,
+    Reply, RequestFailure, Routed, SendError,
 };
 
 /// What a connection tells its role, in order.
@@ -33,11 +33,6 @@ pub(crate) enum Delivery {
     Closed(CloseReason),
     /// Client only: a disconnect/retry step (never produced by `drive`).
     Lifecycle(veltix_proto::DisconnectState),
-}
-
-pub(crate) enum Reply {
-    Frame(Frame),
-    Pong(Duration),
 }
 
 type Waiter = oneshot::Sender<Result<Reply, RequestFailure>>;
@@ -214,37 +209,24 @@ impl Conn {
     fn route(&self, st: &mut State, out: &mut Vec<Delivery>) {
         let mut changed = false;
         while let Some(ev) = st.conn.poll_event() {
-            match ev {
-                Event::Connected(p) => {
+            match ev.routed() {
+                Routed::Connected(p) => {
                     st.status = Status::Established;
                     changed = true;
                     out.push(Delivery::Connected(p));
                 }
-                Event::Message(f) => out.push(Delivery::Message(f)),
-                Event::Response { request_id, frame } => {
-                    fill(st, request_id, Ok(Reply::Frame(frame)))
-                }
-                Event::Pong { request_id, rtt } => fill(st, request_id, Ok(Reply::Pong(rtt))),
-                Event::RequestFailed {
-                    request_id, reason, ..
-                } => fill(st, request_id, Err(reason)),
-                Event::Discarded(d) => {
-                    tracing::debug!(peer = %self.peer_addr, reason = ?d.reason, bytes = d.bytes, "dropped input");
-                }
-                Event::PongDropped { request_id } => {
-                    tracing::warn!(peer = %self.peer_addr, request_id, "PING unanswered: peer does not read");
-                }
-                Event::Closed {
-                    reason,
-                    unsent_bytes,
-                } => {
-                    if unsent_bytes > 0 {
-                        tracing::warn!(peer = %self.peer_addr, unsent_bytes, %reason, "closed with unsent data");
-                    }
+                Routed::Message(f) => out.push(Delivery::Message(f)),
+                Routed::Completed {
+                    request_id,
+                    outcome,
+                } => fill(st, request_id, outcome),
+                Routed::Closed(reason) => {
                     st.status = Status::Closed(reason.clone());
                     changed = true;
                     out.push(Delivery::Closed(reason));
                 }
+                // Counted and logged by the core.
+                Routed::Diagnostic => {}
             }
         }
         if changed {

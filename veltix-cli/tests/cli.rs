@@ -501,53 +501,12 @@ fn usage_errors_exit_2_and_help_lists_exit_codes() {
 // ---------------------------------------------------------------------------
 // Python interop
 
-/// The Python interpreter with `veltix==3.3.0`: `$VELTIX_PYTHON`, else the
-/// workspace's `.venv/bin/python`. Missing: a panic under CI, else a loud
-/// warning and `None`.
-fn python() -> Option<PathBuf> {
-    let candidate = std::env::var_os("VELTIX_PYTHON").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"),
-        PathBuf::from,
-    );
-    let ok = Command::new(&candidate)
-        .args([
-            "-c",
-            "import veltix, sys; sys.exit(0 if veltix.__version__ == '3.3.0' else 3)",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(candidate);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "Python veltix 3.3.0 not found at {} (CI must install it: scripts/test.sh)",
-            candidate.display()
-        );
-    }
-    // Straight to the process's stderr: the harness captures eprintln! of
-    // passing tests, and this must be seen.
-    let _ = std::io::stderr().write_all(
-        format!(
-            "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-             !!! SKIPPING veltix-cli Python interop: no veltix 3.3.0 at {}\n\
-             !!! run ./scripts/test.sh (it creates .venv) or set VELTIX_PYTHON\n\
-             !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n",
-            candidate.display()
-        )
-        .as_bytes(),
-    );
-    None
-}
-
-fn python_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python")
-}
+/// The Python interpreter with `veltix==3.3.0`, with the project's one
+/// policy when it is missing: a panic under CI, else a loud skip.
+use veltix_tests::python;
 
 fn py_script(python: &Path, script: &str, args: &[&str]) -> Proc {
-    let path = python_dir().join(script);
+    let path = veltix_tests::script(script);
     let mut all = vec![path.to_str().unwrap()];
     all.extend_from_slice(args);
     Proc::spawn(python, &all)
@@ -566,7 +525,7 @@ fn python_json_obj(python: &Path) -> String {
     let code = format!(
         "import sys; sys.path.insert(0, {dir:?}); import json; from peer_common import JSON_OBJ; \
          sys.__stdout__.write(json.dumps(JSON_OBJ)); sys.__stdout__.flush()",
-        dir = python_dir().to_str().unwrap()
+        dir = veltix_tests::script("").to_str().unwrap()
     );
     let out = Command::new(python)
         .args(["-c", &code])

@@ -19,88 +19,11 @@ use serde_json::{json, Value};
 use veltix_std::{
     payload, Client, ClientConfig, ClientInfo, Error, LocalHello, MessageType, Server, ServerConfig,
 };
+use veltix_tests::specs::{assert_bytes, hex_field, payload_of, type_of, unhex, ECHO, JSON, SPECS};
 use veltix_tests::PyPeer;
 
-/// Type 200 on both sides: echoed as is.
-const ECHO: MessageType = MessageType::new(200);
-/// Type 201 on both sides: a JSON payload, answered re-encoded.
-const JSON: MessageType = MessageType::new(201);
 /// Upper bound for any single wait on a peer.
 const T: Duration = Duration::from_secs(20);
-
-// ---------------------------------------------------------------- payloads
-
-/// The object `peer_common.JSON_OBJ` holds (keys sorted at every level, so
-/// serde_json's sorted map re-encodes it in Python's insertion order).
-fn json_obj() -> Value {
-    json!({
-        "ascii": "hello",
-        "empty_list": [],
-        "empty_obj": {},
-        "escapes": "quote\" backslash\\ slash/ nl\n tab\t nul\u{0} us\u{1f} del\u{7f}",
-        "floats": [0.1, -2.5, 1.0, -0.0, std::f64::consts::PI],
-        "ints": [0, -1, 9007199254740993u64, i64::MIN],
-        "nested": {"a": [1, {"b": null}], "f": false, "t": true},
-        "unicode": "caf\u{e9} \u{2713} \u{1F600} \u{20ac} \u{ff}",
-    })
-}
-
-/// The bytes of a payload spec (see `tests/python/peer_common.py`).
-fn payload_of(spec: &str) -> Vec<u8> {
-    match spec {
-        "empty" => Vec::new(),
-        "text" => "hello, veltix \u{2713} caf\u{e9}".as_bytes().to_vec(),
-        "bin256" => (0..=255u8).collect(),
-        "frame" => unhex("56580000c8000000053610a686000168656c6c6f"),
-        "mib" => (0..1usize << 20)
-            .map(|i| ((i * 7 + i / 256) & 0xff) as u8)
-            .collect(),
-        "json" => payload::json(&json_obj()).unwrap().to_vec(),
-        s => unhex(s.strip_prefix("hex:").expect("unknown payload spec")),
-    }
-}
-
-/// The message type a spec travels with.
-fn type_of(spec: &str) -> MessageType {
-    if spec == "json" {
-        JSON
-    } else {
-        ECHO
-    }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
-}
-
-/// The hex a peer printed, decoded.
-fn hex_field(v: &Value) -> Vec<u8> {
-    unhex(v["hex"].as_str().unwrap_or_else(|| panic!("no hex in {v}")))
-}
-
-/// Asserts two payloads are equal without printing megabytes on failure.
-#[track_caller]
-fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
-    if got != want {
-        let at = got.iter().zip(want).position(|(a, b)| a != b);
-        panic!(
-            "{what}: {} bytes received, {} expected; first difference at {at:?}; \
-             got starts {}, want starts {}",
-            got.len(),
-            want.len(),
-            hex(&got[..got.len().min(64)]),
-            hex(&want[..want.len().min(64)]),
-        );
-    }
-}
 
 fn port_of(v: &Value) -> u16 {
     u16::try_from(v["port"].as_u64().expect("port")).expect("port fits u16")
@@ -237,8 +160,6 @@ fn assert_python_replies(peer: &PyPeer, specs: &[&str]) {
         assert_bytes(&hex_field(r), &payload_of(spec), spec);
     }
 }
-
-const SPECS: [&str; 6] = ["empty", "text", "bin256", "frame", "mib", "json"];
 
 /// Handshake with a Python client, then Python `send_and_wait` echoes of
 /// every payload kind through the Rust server: the Rust server got exactly
@@ -599,10 +520,10 @@ fn rust_client_send_and_wait_echo_through_python_server() {
 
 /// `payload::json` promises Python's `json.dumps` bytes; a Python server
 /// decodes what Rust sent and re-encodes it with `json.dumps` (its `json=`
-/// helper). FAILS with veltix-proto as of this commit: for `0 < |x| < 1e-4`
-/// Python writes `repr(float)` (`9.9e-05`, `1e-05`, `1e-07`: exponent form,
-/// at least two exponent digits) while Rust writes `0.000099`, `0.00001`,
-/// `1e-7`. The value round-trips; the bytes do not.
+/// helper). Regression test: for `0 < |x| < 1e-4` Python writes
+/// `repr(float)` (`9.9e-05`, `1e-05`, `1e-07`: exponent form, at least two
+/// exponent digits); veltix-proto used to write `0.000099`, `0.00001`,
+/// `1e-7` (same value, other bytes) until its formatter copied `repr`.
 #[test]
 fn rust_json_small_floats_match_python_json_dumps() {
     let Some(py) = veltix_tests::python() else {

@@ -39,8 +39,6 @@ impl Rng {
 #[derive(Debug, Default)]
 pub struct Pipe {
     in_flight: VecDeque<(Instant, Bytes)>,
-    /// When false, the receiver has stopped reading (bytes pile up).
-    pub open: bool,
 }
 
 impl Pipe {
@@ -98,14 +96,8 @@ impl Sim {
             server: Connection::server(server, epoch),
             latency,
             segment: true,
-            c2s: Pipe {
-                open: true,
-                ..Pipe::default()
-            },
-            s2c: Pipe {
-                open: true,
-                ..Pipe::default()
-            },
+            c2s: Pipe::default(),
+            s2c: Pipe::default(),
             rng: Rng::new(seed),
             client_events: Vec::new(),
             server_events: Vec::new(),
@@ -184,8 +176,8 @@ impl Sim {
     /// Earliest instant at which anything can happen.
     fn next_wakeup(&self) -> Option<Instant> {
         [
-            self.c2s.next_arrival().filter(|_| self.c2s.open),
-            self.s2c.next_arrival().filter(|_| self.s2c.open),
+            self.c2s.next_arrival(),
+            self.s2c.next_arrival(),
             self.client.poll_timeout(),
             self.server.poll_timeout(),
         ]
@@ -199,7 +191,7 @@ impl Sim {
             End::Client => (&mut self.s2c, &mut self.client),
             End::Server => (&mut self.c2s, &mut self.server),
         };
-        while pipe.open && pipe.next_arrival().is_some_and(|t| t <= self.now) {
+        while pipe.next_arrival().is_some_and(|t| t <= self.now) {
             let (_, bytes) = pipe.in_flight.pop_front().expect("checked");
             if self.segment && bytes.len() > 1 {
                 let mut rest = &bytes[..];

@@ -132,7 +132,8 @@ pub struct ClientConfig {
     pub server_addr: String,
     /// Server port (default 8080).
     pub port: u16,
-    /// Bytes read per `recv` (default 8192).
+    /// Bytes read per `recv` (default 8192, Veltix's). A driver may read more
+    /// per call: `veltix-std` reads at least 64 KiB.
     pub buffer_size: usize,
     /// Largest frame accepted, header included (default 10 MiB).
     pub max_message_size: usize,
@@ -287,7 +288,8 @@ pub struct ServerConfig {
     pub host: String,
     /// Port (default 8080; 0 picks a free one).
     pub port: u16,
-    /// Bytes read per `recv` (default 8192).
+    /// Bytes read per `recv` (default 8192, Veltix's). A driver may read more
+    /// per call: `veltix-std` reads at least 64 KiB.
     pub buffer_size: usize,
     /// Connections allowed at once, handshaking ones included; `None` = unlimited
     /// (Veltix's `-1`, the default).

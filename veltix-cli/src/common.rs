@@ -83,7 +83,7 @@ pub fn millis(d: Duration) -> String {
 /// Where to connect and how long the connect may take.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// The server, as HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080).
+    /// The server, as HOST:PORT (e.g. `127.0.0.1:8080`, `[::1]:8080`).
     #[arg(value_name = "HOST:PORT", value_parser = parse_target)]
     pub target: Target,
     /// Deadline for the TCP connect plus the Veltix handshake, in seconds.

@@ -18,9 +18,12 @@ fn drive(
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 8192];
     loop {
-        // 1. Output: everything queued, in order.
+        // 1. Output: everything queued, in order, each chunk reported written
+        //    (a blocking socket writes it all; a non-blocking one reports
+        //    what it wrote and waits for writability).
         while let Some(bytes) = conn.poll_transmit() {
             sock.write_all(&bytes)?;
+            conn.handle_written(Instant::now(), bytes.len());
         }
         // 2. Events: hand each to the application (which may issue commands).
         while let Some(event) = conn.poll_event() {
@@ -28,9 +31,14 @@ fn drive(
             if !on_event(conn, event) || closed {
                 while let Some(bytes) = conn.poll_transmit() {
                     sock.write_all(&bytes)?; // graceful: flush what was queued
+                    conn.handle_written(Instant::now(), bytes.len());
                 }
                 return Ok(());
             }
+        }
+        // Events taken may have let decoding resume and queue output (PONGs).
+        if conn.has_transmit() {
+            continue;
         }
         // 3. Wait for input, no longer than the next deadline.
         let now = Instant::now();
@@ -50,7 +58,7 @@ fn drive(
                 conn.handle_timeout(Instant::now())
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => conn.handle_transport_error(Instant::now(), e),
+            Err(e) => conn.handle_transport_error(Instant::now(), &e),
         }
     }
 }
@@ -101,7 +109,7 @@ fn main() -> std::io::Result<()> {
             _ => {}
         }
         if reply.is_some() && rtt.is_some() {
-            conn.close();
+            conn.close(Instant::now());
             return false;
         }
         true

@@ -19,7 +19,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::connection::{ConnectionConfig, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_OUTBOUND};
+use crate::connection::{
+    ConnectionConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_OUTBOUND, DEFAULT_WRITE_TIMEOUT,
+};
 use crate::correlation::{DEFAULT_ID_WINDOW, MAX_ID_WINDOW};
 use crate::decoder::{DecoderConfig, DEFAULT_MAX_BUFFER_SIZE};
 use crate::frame::{DEFAULT_MAX_MESSAGE_SIZE, HEADER_LEN};
@@ -30,6 +33,8 @@ use crate::retry::{Backoff, RetryPolicy};
 pub const DEFAULT_BUFFER_SIZE: usize = 8192;
 /// Veltix's default callback pool size.
 pub const DEFAULT_MAX_WORKERS: usize = 4;
+/// Default server-wide budget for partial frames: 256 MiB.
+pub const DEFAULT_MAX_BUFFERED_INPUT: usize = 256 * 1024 * 1024;
 /// Veltix's default `send_and_wait` / ping timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -79,6 +84,30 @@ fn check_hello(hello: &LocalHello) -> Result<(), ConfigError> {
     )
 }
 
+/// Deadlines shared by both sides (see [`ConnectionConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Deadlines {
+    /// Output that makes no progress for this long: the peer is a slow
+    /// consumer and is disconnected (default 30 s; `None`: never).
+    pub write_timeout: Option<Duration>,
+    /// A frame begun and not complete after this long cuts the connection
+    /// (default 60 s; `None`: never).
+    pub body_timeout: Option<Duration>,
+    /// How long a graceful close may take to flush queued output (default 5 s).
+    pub flush_timeout: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
+            body_timeout: Some(DEFAULT_BODY_TIMEOUT),
+            flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+        }
+    }
+}
+
 /// Settings shared by both sides.
 fn connection_config(
     max_message_size: usize,
@@ -87,6 +116,7 @@ fn connection_config(
     hello: &LocalHello,
     id_window: u16,
     max_outbound: usize,
+    deadlines: Deadlines,
 ) -> ConnectionConfig {
     ConnectionConfig {
         decoder: DecoderConfig {
@@ -99,6 +129,10 @@ fn connection_config(
         hello: hello.clone(),
         id_window,
         max_outbound,
+        max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        write_timeout: deadlines.write_timeout,
+        body_timeout: deadlines.body_timeout,
+        flush_timeout: deadlines.flush_timeout,
     }
 }
 
@@ -151,12 +185,14 @@ pub struct ClientConfig {
     pub retry_seed: Option<u64>,
     /// Default timeout of `send_and_wait` and `ping_server` (default 5 s).
     pub request_timeout: Duration,
-    /// Cap on queued outbound bytes (default 32 MiB).
+    /// Cap on outbound bytes accepted and not yet written (default 8 MiB).
     pub max_outbound: usize,
     /// Close on the first corrupt frame instead of resynchronising (default off).
     pub strict: bool,
     /// Our hello (`v`, `meta`).
     pub hello: LocalHello,
+    /// Write, body and flush deadlines.
+    pub deadlines: Deadlines,
 }
 
 impl Default for ClientConfig {
@@ -176,6 +212,7 @@ impl Default for ClientConfig {
             max_outbound: DEFAULT_MAX_OUTBOUND,
             strict: false,
             hello: LocalHello::default(),
+            deadlines: Deadlines::default(),
         }
     }
 }
@@ -209,6 +246,8 @@ setters!(ClientConfig {
     strict: bool,
     /// Sets `hello`.
     hello: LocalHello,
+    /// Sets `deadlines`.
+    deadlines: Deadlines,
 });
 
 impl ClientConfig {
@@ -267,6 +306,7 @@ impl ClientConfig {
             &self.hello,
             DEFAULT_ID_WINDOW,
             self.max_outbound,
+            self.deadlines,
         ))
     }
 
@@ -304,12 +344,18 @@ pub struct ServerConfig {
     pub id_window: u16,
     /// Default timeout of `send_and_wait` and `ping_client` (default 5 s).
     pub request_timeout: Duration,
-    /// Cap on queued outbound bytes per connection (default 32 MiB).
+    /// Cap on outbound bytes accepted and not yet written, per connection (default 8 MiB).
     pub max_outbound: usize,
     /// Close a connection on its first corrupt frame (default off).
     pub strict: bool,
     /// Our hello (`v`, `meta`).
     pub hello: LocalHello,
+    /// Write, body and flush deadlines of every connection.
+    pub deadlines: Deadlines,
+    /// Server-wide cap on received bytes buffered in partial frames
+    /// (default 256 MiB). Past it the connection holding the largest
+    /// partial frame is cut ([`CloseReason::BufferBudget`](crate::CloseReason)).
+    pub max_buffered_input: usize,
 }
 
 impl Default for ServerConfig {
@@ -327,6 +373,8 @@ impl Default for ServerConfig {
             max_outbound: DEFAULT_MAX_OUTBOUND,
             strict: false,
             hello: LocalHello::default(),
+            deadlines: Deadlines::default(),
+            max_buffered_input: DEFAULT_MAX_BUFFERED_INPUT,
         }
     }
 }
@@ -356,6 +404,10 @@ setters!(ServerConfig {
     strict: bool,
     /// Sets `hello`.
     hello: LocalHello,
+    /// Sets `deadlines`.
+    deadlines: Deadlines,
+    /// Sets `max_buffered_input`.
+    max_buffered_input: usize,
 });
 
 impl ServerConfig {
@@ -407,6 +459,7 @@ impl ServerConfig {
             &self.hello,
             self.id_window.min(MAX_ID_WINDOW),
             self.max_outbound,
+            self.deadlines,
         ))
     }
 }

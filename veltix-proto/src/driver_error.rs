@@ -10,8 +10,28 @@ use crate::payload::PayloadError;
 use crate::retry::DisconnectReason;
 use crate::SendError;
 
-/// Everything a driver's `Client` or `Server` call can fail with.
+/// What a deadline was waiting for (carried by [`Error::TimedOut`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Wait {
+    /// TCP connect.
+    Connect,
+    /// The Veltix handshake.
+    Handshake,
+    /// The reply to a request (`send_and_wait`).
+    Request,
+    /// A PONG.
+    Ping,
+    /// Room in a full outbound queue (`send` with a deadline).
+    Send,
+    /// Queued output to drain on close or shutdown.
+    Flush,
+}
+
+/// Everything a driver's `Client` or `Server` call can fail with, and what
+/// a [`ClientSession`](crate::ClientSession) reports when connecting fails.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A setting is out of range.
     #[error(transparent)]
@@ -22,9 +42,14 @@ pub enum Error {
     /// Nobody listens there.
     #[error("connection refused by {0}")]
     Refused(String),
-    /// TCP connect or the handshake took longer than `handshake_timeout`.
-    #[error("timed out after {0:?}")]
-    TimedOut(Duration),
+    /// A deadline passed: `what` was not done `after` this long.
+    #[error("{what:?} timed out after {after:?}")]
+    TimedOut {
+        /// What was being waited for.
+        what: Wait,
+        /// How long was waited.
+        after: Duration,
+    },
     /// The server refused us with this reason (`server_full`).
     #[error("rejected by the server: {0}")]
     Rejected(String),
@@ -43,18 +68,21 @@ pub enum Error {
     /// The core refused the command.
     #[error(transparent)]
     Send(SendError),
-    /// No reply before the timeout.
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
     /// A payload could not be decoded/encoded.
     #[error(transparent)]
     Payload(#[from] PayloadError),
     /// A socket error.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The server is already running, or stopped for good.
-    #[error("invalid state: {0}")]
-    State(&'static str),
+    /// A route for this message type exists already (the first one stays).
+    #[error("message type {0} already has a route")]
+    RouteExists(crate::frame::MessageType),
+    /// The server is already running.
+    #[error("the server is already running")]
+    AlreadyRunning,
+    /// The server or client has been shut down.
+    #[error("shut down")]
+    ShutDown,
 }
 
 impl From<HandshakeError> for Error {
@@ -86,16 +114,23 @@ impl From<SendError> for Error {
     }
 }
 
-impl From<RequestFailure> for Error {
-    fn from(f: RequestFailure) -> Self {
+impl Error {
+    /// Whether this is a [`TimedOut`](Error::TimedOut).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::TimedOut { .. })
+    }
+
+    /// A request's or ping's failure, with the timeout it was given.
+    pub fn from_request_failure(f: RequestFailure, what: Wait, timeout: Duration) -> Error {
         match f {
-            RequestFailure::TimedOut => Error::Timeout(Duration::ZERO),
+            RequestFailure::TimedOut => Error::TimedOut {
+                what,
+                after: timeout,
+            },
             RequestFailure::Closed(r) => Error::Closed(r),
         }
     }
-}
 
-impl Error {
     /// Maps the I/O error of a TCP connect to `addr` (with `timeout`).
     pub fn from_connect(
         e: std::io::Error,
@@ -104,9 +139,10 @@ impl Error {
     ) -> Error {
         match e.kind() {
             std::io::ErrorKind::ConnectionRefused => Error::Refused(addr.to_string()),
-            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
-                Error::TimedOut(timeout)
-            }
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Error::TimedOut {
+                what: Wait::Connect,
+                after: timeout,
+            },
             _ => Error::Io(e),
         }
     }
@@ -115,7 +151,10 @@ impl Error {
     /// (a handshake deadline becomes [`Error::TimedOut`]).
     pub fn from_handshake_close(reason: CloseReason, timeout: Duration) -> Error {
         match reason {
-            CloseReason::Handshake(HandshakeError::TimedOut) => Error::TimedOut(timeout),
+            CloseReason::Handshake(HandshakeError::TimedOut) => Error::TimedOut {
+                what: Wait::Handshake,
+                after: timeout,
+            },
             r => r.into(),
         }
     }
@@ -146,7 +185,9 @@ mod tests {
             CloseReason::Handshake(HandshakeError::TimedOut),
             Duration::from_secs(5),
         );
-        assert!(matches!(e, Error::TimedOut(d) if d == Duration::from_secs(5)));
+        assert!(
+            matches!(e, Error::TimedOut { what: Wait::Handshake, after } if after == Duration::from_secs(5))
+        );
         let e: Error =
             CloseReason::Handshake(HandshakeError::Rejected("server_full".into())).into();
         assert!(matches!(e, Error::Rejected(ref r) if r == "server_full"));

@@ -7,6 +7,7 @@ use crate::frame::PayloadTooLarge;
 /// Why a command (`send`, `request`, `ping`, `reply`) was refused. Nothing was
 /// queued when one of these comes back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The handshake has not finished yet.
     #[error("the handshake has not finished")]
@@ -31,4 +32,8 @@ pub enum SendError {
     /// An explicit request id is already pending.
     #[error("request id {0} is already pending")]
     IdInUse(u16),
+    /// Types below 200 belong to the protocol (Python veltix's
+    /// `MessageTypeError`); applications use 200 and above.
+    #[error("message type {0} is reserved for the protocol (application types start at 200)")]
+    ReservedType(crate::frame::MessageType),
 }

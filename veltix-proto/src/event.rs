@@ -9,6 +9,7 @@ use crate::handshake::{HandshakeError, PeerHello};
 
 /// Why a connection closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CloseReason {
     /// [`Connection::close`](crate::Connection::close) was called.
     #[error("closed locally")]
@@ -16,19 +17,32 @@ pub enum CloseReason {
     /// The peer closed its side (EOF) after the handshake.
     #[error("closed by the peer")]
     PeerClosed,
-    /// The driver reported a transport error (reset, broken pipe, ...).
+    /// The driver reported a transport error (reset, broken pipe, ...), of this kind.
     #[error("transport error: {0}")]
-    Transport(String),
+    Transport(std::io::ErrorKind),
     /// The handshake failed, timed out or was refused.
     #[error("handshake failed: {0}")]
     Handshake(#[from] HandshakeError),
-    /// Strict mode: the peer sent corrupt data.
+    /// The peer sent corrupt data: strict mode, or past the decoder's
+    /// resync limits.
     #[error("protocol violation: {0:?}")]
     Protocol(DiscardReason),
+    /// Slow consumer: our output made no progress for `write_timeout`
+    /// (the peer stopped reading).
+    #[error("slow consumer: output made no progress within the write deadline")]
+    SlowConsumer,
+    /// A frame's body did not arrive within `body_timeout`.
+    #[error("a frame's body did not arrive within the body deadline")]
+    BodyTimeout,
+    /// The server's budget for partial frames was exceeded and this
+    /// connection held the largest one.
+    #[error("the server's receive-buffer budget was exceeded")]
+    BufferBudget,
 }
 
 /// Why a request or ping failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RequestFailure {
     /// No reply came before its deadline.
     #[error("request timed out")]
@@ -40,6 +54,7 @@ pub enum RequestFailure {
 
 /// What a request or ping got back.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Reply {
     /// The reply frame to a request.
     Frame(Frame),
@@ -49,6 +64,7 @@ pub enum Reply {
 
 /// An [`Event`] sorted by what a driver does with it (see [`Event::routed`]).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Routed {
     /// The handshake finished.
     Connected(PeerHello),
@@ -71,6 +87,7 @@ pub enum Routed {
 /// An event for the application. Drain them with
 /// [`Connection::poll_event`](crate::Connection::poll_event) after every input.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// The handshake finished; frames can be sent. Carries the peer's hello
     /// (`v`, `pv`, `meta`).
@@ -116,8 +133,8 @@ pub enum Event {
     Closed {
         /// Why.
         reason: CloseReason,
-        /// Bytes that had been queued for sending but will never be handed to
-        /// `poll_transmit` (0 after a local close, which keeps them for draining).
+        /// Outbound bytes accepted but never reported written: dropped by
+        /// the close (for a local close, what the flush deadline cut off).
         unsent_bytes: usize,
     },
 }

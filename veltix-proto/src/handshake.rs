@@ -28,6 +28,7 @@ pub const SERVER_FULL: &str = "server_full";
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandshakeError {
     /// A message announced more than [`MAX_HANDSHAKE_LEN`] bytes.
     #[error("handshake message of {0} bytes exceeds the {MAX_HANDSHAKE_LEN}-byte cap")]
@@ -221,6 +222,7 @@ enum Stage {
 
 /// What [`Handshake::handle_input`] achieved.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Progress {
     /// More bytes are needed; all the input was consumed.
     NeedMore,

@@ -17,34 +17,61 @@
 //! | [`correlation`] | request-id allocation and the pending-request table |
 //! | [`retry`] | reconnect policy: fixed delay (Veltix) or backoff with seeded jitter |
 //! | [`Connection`] | one connection, client or server, in the style of quinn-proto |
-//! | [`Acceptor`], [`Tags`] | server-side admission (`max_connection`) and per-peer tags |
+//! | [`Tags`] | per-peer tags |
+//! | [`ClientSession`] | the reconnecting client: retry policy, attempts, `DisconnectState` reports, one `Connection` at a time |
+//! | [`Hub`] | the server: admission, registry by [`PeerId`], tags, broadcast targeting, fair event service, timers of all peers, receive budget |
 //! | [`payload`] | text and Python-compatible JSON payloads |
 //! | [`config`], [`Router`] | Veltix's client/server settings and dispatch rule, shared by the drivers |
+//!
+//! A driver embeds a [`ClientSession`] (client) or a [`Hub`] (server); both
+//! follow the [`Connection`] contract below, per transport.
 //!
 //! ## The calling contract
 //!
 //! A [`Connection`] is created when the TCP connection exists
-//! ([`Connection::client`] after `connect`, [`Acceptor::accept`] or
-//! [`Connection::server`] after `accept`). From then on the driver repeats:
+//! ([`Connection::client`] after `connect`, [`Connection::server`] after
+//! `accept`; a session or hub creates its own). From then on the driver repeats:
 //!
-//! 1. **Output.** Write every chunk from [`Connection::poll_transmit`] to the
-//!    socket, in order. A server connection has its hello queued from the start.
-//! 2. **Events.** Take every [`Event`] from [`Connection::poll_event`]:
-//!    `Connected`, `Message`, `Response`, `Pong`, `RequestFailed`,
-//!    `Discarded`, `PongDropped`, and finally `Closed`.
-//! 3. **Wait** for socket input, but no later than
-//!    [`Connection::poll_timeout`]. While output or events are queued it
-//!    returns a time that is already due, so a driver that sleeps until it
-//!    never sleeps on ready work. `None` means no deadline.
+//! 1. **Output.** Take chunks from [`Connection::poll_transmit`], write them
+//!    in order, and report every byte written with
+//!    [`Connection::handle_written`]. Bytes count against `max_outbound`
+//!    until reported, and `poll_transmit` gives nothing more while the
+//!    driver holds [`TRANSMIT_WINDOW`] unreported bytes: a driver cannot
+//!    hoard output, and a peer that stops reading makes `send` refuse
+//!    ([`SendError::QueueFull`]) with memory bounded by configuration.
+//! 2. **Events.** Take [`Event`]s from [`Connection::poll_event`]:
+//!    requests' outcomes (`Response`, `Pong`, `RequestFailed`) first, then
+//!    `Connected`, `Message`, diagnostics (`Discarded`, `PongDropped`), and
+//!    finally `Closed`. Queued events are bounded (`max_event_bytes`): at
+//!    the cap the core stops decoding, [`Connection::wants_input`] turns
+//!    false, and the driver stops reading until events are taken. A driver
+//!    whose application is busy can still take outcomes alone with
+//!    [`Connection::poll_completion`]. Taking events may queue output
+//!    (PONGs of frames decoded late): check `poll_transmit` again.
+//! 3. **Wait** for input (only while `wants_input`), for writability (only
+//!    while the driver holds unwritten bytes), and no later than
+//!    [`Connection::poll_timeout`]. That is "now" exactly while
+//!    `poll_transmit` has bytes to give ([`Connection::has_transmit`]), and
+//!    otherwise the next timer ([`Connection::next_timer`]): handshake,
+//!    request, ping, write (slow consumer), body and flush deadlines. So a
+//!    driver that cannot write, holding the transmit window, never spins:
+//!    it waits for writability or the next real deadline. `None` means no
+//!    deadline.
 //! 4. **Input.** Bytes read go to [`Connection::handle_input`]; a read of 0
 //!    bytes to [`Connection::handle_eof`]; an I/O error to
-//!    [`Connection::handle_transport_error`]; a passed deadline to
-//!    [`Connection::handle_timeout`] (calling it early or twice is harmless).
+//!    [`Connection::handle_transport_error`] (its `ErrorKind` is kept); a
+//!    passed deadline to [`Connection::handle_timeout`] (calling it early or
+//!    twice is harmless). Deadlines fire whether or not anybody took the
+//!    pending events.
+//! 5. **End.** When [`Connection::is_finished`] is true (after the
+//!    `Closed` event is queued), drop the transport.
 //!
 //! Commands ([`send`](Connection::send), [`request`](Connection::request),
 //! [`reply`](Connection::reply), [`ping`](Connection::ping),
 //! [`close`](Connection::close)) may be issued at any point between steps;
-//! after one, go back to step 1.
+//! after one, go back to step 1. A local `close` drains queued output
+//! within `flush_timeout`, then reports what could not be written in
+//! `Closed::unsent_bytes`.
 //!
 //! **Time.** Every method that needs the time takes `now: Instant` from the
 //! caller; the core never reads a clock. `now` should not go backwards (an
@@ -52,11 +79,13 @@
 //! from any `Instant` and add virtual durations.
 //!
 //! **Guarantees.** No input from the peer can panic the core or grow its
-//! memory past the configured caps (receive buffer, outbound queue, handshake
-//! message size). Every request ends exactly once: with a `Response`/`Pong`,
-//! or with `RequestFailed` (deadline, or the connection closed). A refused
-//! command returns a [`SendError`] and queues nothing; bytes queued but never
-//! handed to `poll_transmit` are reported in `Event::Closed::unsent_bytes`.
+//! memory past the configured caps (receive buffer, outbound bytes, queued
+//! events, handshake message size). Every request ends exactly once: with a
+//! `Response`/`Pong`, or with `RequestFailed` (deadline, or the connection
+//! closed). A refused command returns a [`SendError`] and queues nothing.
+//! Application message types start at 200: `send`, `request` and `reply`
+//! refuse the protocol's range with [`SendError::ReservedType`]
+//! (`send_system` is there for tools and tests).
 //!
 //! ## A complete event loop over `std::net`
 //!
@@ -75,7 +104,10 @@
 //! * A `pv` must match `^\d+\.\d+$` (Python's `int()` also accepts `" 1.0"`, `"+1.0"`).
 //! * Request ids for requests come from a per-connection allocator on the
 //!   server side (Veltix shares one per server); broadcasts draw one id per
-//!   broadcast from the [`Acceptor`], as Veltix does.
+//!   broadcast from the [`Hub`], as Veltix does.
+//! * Every wait has a deadline: output that makes no progress (a peer that
+//!   stopped reading), a frame body that does not arrive, a close that
+//!   cannot flush. Python veltix has none of these.
 //! * Replies are matched per connection: on a server, a reply counts only
 //!   when it comes from the client the request went to.
 
@@ -95,25 +127,30 @@ mod connection;
 mod driver_error;
 mod error;
 mod event;
+pub mod hub;
 mod json;
 mod outbox;
 mod router;
 mod server;
+pub mod session;
 
 #[cfg(feature = "_fuzz")]
 #[doc(hidden)]
 pub mod fuzz;
 
+pub use config::Deadlines;
 pub use config::{ClientConfig, ConfigError, ServerConfig};
 pub use connection::{
-    Connection, ConnectionConfig, ConnectionStats, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_OUTBOUND,
+    Connection, ConnectionConfig, ConnectionStats, DEFAULT_BODY_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_OUTBOUND,
+    DEFAULT_WRITE_TIMEOUT, TRANSMIT_WINDOW,
 };
 pub use correlation::{IdsExhausted, RequestKind};
 pub use decoder::{
     Decoded, DecodedRef, Decoder, DecoderConfig, DecoderStats, Discard, DiscardReason, TypeSet,
     DEFAULT_MAX_BUFFER_SIZE,
 };
-pub use driver_error::Error;
+pub use driver_error::{Error, Wait};
 pub use error::SendError;
 pub use event::{CloseReason, Event, Reply, RequestFailure, Routed};
 pub use frame::{
@@ -121,7 +158,10 @@ pub use frame::{
     HEADER_LEN, MAGIC,
 };
 pub use handshake::{HandshakeError, LocalHello, PeerHello, Side};
+pub use hub::HubStats;
+pub use hub::{Broadcast, Hub, HubEvent, PeerId, Target};
 pub use payload::PayloadError;
 pub use retry::{DisconnectReason, DisconnectState, RetryPolicy};
 pub use router::Router;
 pub use server::{Acceptor, Rejection, SharedTags, Tags};
+pub use session::{ClientSession, Dial, SessionEvent};

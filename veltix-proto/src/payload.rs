@@ -23,6 +23,7 @@ use crate::json::to_vec_python;
 
 /// A payload that could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PayloadError {
     /// The payload is not UTF-8.
     #[error("payload is not UTF-8: {0}")]

@@ -37,6 +37,7 @@ use smallvec::SmallVec;
 
 /// Why a connection ended or could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DisconnectReason {
     /// An established connection was closed or reset by the peer, or a retry
     /// attempt failed.
@@ -165,6 +166,7 @@ impl RetryPolicy {
 
 /// What to do after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum NextStep {
     /// Dial again after this long.
     RetryAfter(Duration),

@@ -1,0 +1,772 @@
+//! The server side as one sans-IO state machine: [`Hub`].
+//!
+//! A hub owns every server connection, keyed by a small copyable
+//! [`PeerId`]: admission (`max_connection`, `server_full`, and the slot's
+//! release when a connection ends), the registry, tags and lookups by tag,
+//! broadcast targeting (encoded once, queued on each target), closing one
+//! peer or all, the timers of every connection in one ordered set, a
+//! server-wide budget for partial frames, and "connected/disconnected"
+//! events only for peers that finished the handshake. Events of different
+//! peers are served round robin, one at a time, so a flooding peer cannot
+//! starve the others.
+//!
+//! ```
+//! use std::time::Instant;
+//! use veltix_proto::{Hub, HubEvent, ServerConfig};
+//!
+//! let t0 = Instant::now();
+//! let mut hub = Hub::new(&ServerConfig::default().max_connection(Some(1)));
+//! let peer = hub.accept(t0).expect("room for one");
+//! assert!(hub.accept(t0).is_err(), "server_full");
+//! // The driver writes the server's hello ...
+//! let hello = hub.poll_transmit(peer).unwrap();
+//! hub.handle_written(peer, t0, hello.len());
+//! // ... and the client resets before its own: no Connected, no Disconnected.
+//! hub.handle_transport_error(peer, t0, &std::io::ErrorKind::ConnectionReset.into());
+//! assert_eq!(hub.poll_finished(), Some(peer), "drop the socket");
+//! assert!(hub.poll_event().is_none());
+//! assert_eq!(hub.live(), 0);
+//! assert!(hub.accept(t0).is_ok(), "the slot was released");
+//! ```
+
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::config::ServerConfig;
+use crate::connection::{Connection, ConnectionConfig, ConnectionStats};
+use crate::correlation::IdAllocator;
+use crate::error::SendError;
+use crate::event::{CloseReason, Event, Reply, RequestFailure, Routed};
+use crate::frame::{EncodedFrame, Frame, MessageType};
+use crate::handshake::{encode_rejection, PeerHello, SERVER_FULL};
+use crate::server::{Rejection, Tags};
+
+/// A connection of a [`Hub`]: an index and a generation, so an id of a
+/// connection that ended never names a later one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId {
+    index: u32,
+    generation: u32,
+}
+
+impl PeerId {
+    /// The slot index (reused after the connection ends).
+    pub fn index(self) -> u32 {
+        self.index
+    }
+    /// A number unique to this id (index and generation).
+    pub fn as_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.index)
+    }
+}
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer#{}.{}", self.index, self.generation)
+    }
+}
+
+/// What a [`Hub`] reports through `poll_event`, per peer.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// The peer finished its handshake.
+    Connected(PeerHello),
+    /// A message that answered no pending request.
+    Message(Frame),
+    /// A request or ping to this peer ended.
+    Completed {
+        /// The request's id.
+        request_id: u16,
+        /// Its reply, or why there is none.
+        outcome: Result<Reply, RequestFailure>,
+    },
+    /// A peer that had connected went away (its last event).
+    Disconnected(CloseReason),
+}
+
+/// Whom a broadcast goes to. Only peers that finished the handshake are
+/// ever targeted.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Target<'a> {
+    /// Every connected peer.
+    All,
+    /// Every connected peer except these.
+    Except(&'a [PeerId]),
+    /// Exactly these peers (those still connected).
+    Only(&'a [PeerId]),
+    /// Every connected peer with this tag (equal to the value, when given).
+    Tag(&'a str, Option<&'a Value>),
+}
+
+/// The outcome of a broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Broadcast {
+    /// The id carried by every copy.
+    pub request_id: u16,
+    /// Peers it was queued for.
+    pub sent: usize,
+    /// Targeted peers whose queue refused it (full or closing).
+    pub skipped: usize,
+}
+
+#[derive(Debug)]
+struct Peer {
+    conn: Connection,
+    tags: Tags,
+    /// `Connected` was reported (so `Disconnected` will be).
+    connected: bool,
+    /// In `ready`.
+    queued: bool,
+    /// In `transmit`.
+    transmit_queued: bool,
+    /// Reported in `finished`, admission released.
+    finished: bool,
+    timer: Option<Instant>,
+    buffered: usize,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    generation: u32,
+    peer: Option<Box<Peer>>,
+}
+
+/// Counters of a hub.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused with `server_full`.
+    pub rejected: u64,
+    /// Connections cut to keep partial frames within `max_buffered_input`.
+    pub budget_cuts: u64,
+}
+
+/// Every connection of one server, without I/O. See the [module docs](self).
+///
+/// Calling contract, per peer as for a [`Connection`]: after `accept`,
+/// write `poll_transmit(peer)` output and report it with `handle_written`,
+/// read while `wants_input(peer)`, feed `handle_input` / `handle_eof` /
+/// `handle_transport_error`; drop a peer's transport when `poll_finished`
+/// names it. Hub-wide: drain `poll_event` (application events, round robin
+/// between peers), `poll_transmit_ready` (peers given output by commands or
+/// timers), and sleep until `poll_timeout`.
+#[derive(Debug)]
+pub struct Hub {
+    config: Arc<ConnectionConfig>,
+    max_connections: Option<usize>,
+    max_buffered_input: usize,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    connected: usize,
+    buffered: usize,
+    broadcast_ids: IdAllocator,
+    timers: BTreeSet<(Instant, PeerId)>,
+    ready: VecDeque<PeerId>,
+    transmit: VecDeque<PeerId>,
+    finished: VecDeque<PeerId>,
+    now: Option<Instant>,
+    stats: HubStats,
+}
+
+impl Hub {
+    /// A hub for `config` (limits, deadlines, `max_connection`).
+    pub fn new(config: &ServerConfig) -> Self {
+        Self::with_connection_config(
+            config.connection_config(),
+            config.max_connection,
+            config.max_buffered_input,
+        )
+    }
+
+    /// A hub from its parts.
+    pub fn with_connection_config(
+        config: Arc<ConnectionConfig>,
+        max_connections: Option<usize>,
+        max_buffered_input: usize,
+    ) -> Self {
+        Hub {
+            broadcast_ids: IdAllocator::server(config.id_window),
+            config,
+            max_connections,
+            max_buffered_input,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            connected: 0,
+            buffered: 0,
+            timers: BTreeSet::new(),
+            ready: VecDeque::new(),
+            transmit: VecDeque::new(),
+            finished: VecDeque::new(),
+            now: None,
+            stats: HubStats::default(),
+        }
+    }
+
+    // ----------------------------------------------------------------- getters
+
+    fn peer(&self, id: PeerId) -> Option<&Peer> {
+        let slot = self.slots.get(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.peer.as_deref()
+    }
+
+    fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
+        let slot = self.slots.get_mut(id.index as usize)?;
+        if slot.generation != id.generation {
+            return None;
+        }
+        slot.peer.as_deref_mut()
+    }
+
+    /// The connection settings every peer gets.
+    pub fn config(&self) -> &Arc<ConnectionConfig> {
+        &self.config
+    }
+    /// Transports counted against `max_connection` (handshaking ones included).
+    pub fn live(&self) -> usize {
+        self.live
+    }
+    /// Whether the next `accept` would be refused.
+    pub fn is_full(&self) -> bool {
+        self.max_connections.is_some_and(|m| self.live >= m)
+    }
+    /// Counters.
+    pub fn stats(&self) -> HubStats {
+        self.stats
+    }
+    /// Received bytes buffered in partial frames, all peers.
+    pub fn buffered_input(&self) -> usize {
+        self.buffered
+    }
+    /// Whether `peer` finished its handshake and is still open.
+    pub fn is_connected(&self, peer: PeerId) -> bool {
+        self.peer(peer).is_some_and(|p| p.conn.is_established())
+    }
+    /// Whether the driver should keep `peer`'s transport open.
+    pub fn is_open(&self, peer: PeerId) -> bool {
+        self.peer(peer).is_some_and(|p| !p.conn.is_finished())
+    }
+    /// Whether the driver should read from `peer`'s transport.
+    pub fn wants_input(&self, peer: PeerId) -> bool {
+        self.peer(peer).is_some_and(|p| p.conn.wants_input())
+    }
+    /// Whether `poll_transmit(peer)` has bytes to give now.
+    pub fn has_transmit(&self, peer: PeerId) -> bool {
+        self.peer(peer).is_some_and(|p| p.conn.has_transmit())
+    }
+    /// Outbound bytes accepted for `peer` and not yet written.
+    pub fn queued_bytes(&self, peer: PeerId) -> usize {
+        self.peer(peer).map_or(0, |p| p.conn.queued_bytes())
+    }
+    /// The peer's hello, once connected.
+    pub fn peer_hello(&self, peer: PeerId) -> Option<&PeerHello> {
+        self.peer(peer).and_then(|p| p.conn.peer_hello())
+    }
+    /// Counters of the peer's connection.
+    pub fn peer_stats(&self, peer: PeerId) -> Option<ConnectionStats> {
+        self.peer(peer).map(|p| p.conn.stats())
+    }
+    /// The peer's tags (they never travel on the wire).
+    pub fn tags(&self, peer: PeerId) -> Option<&Tags> {
+        self.peer(peer).map(|p| &p.tags)
+    }
+    /// The peer's tags, to change them.
+    pub fn tags_mut(&mut self, peer: PeerId) -> Option<&mut Tags> {
+        self.peer_mut(peer).map(|p| &mut p.tags)
+    }
+    /// Peers that finished the handshake and are open, in id order.
+    pub fn peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let p = s.peer.as_deref()?;
+            p.conn.is_established().then_some(PeerId {
+                index: i as u32,
+                generation: s.generation,
+            })
+        })
+    }
+    /// Connected peers carrying `tag` (equal to `value`, when given):
+    /// Veltix's `get_clients_by_tag`.
+    pub fn peers_by_tag(&self, tag: &str, value: Option<&Value>) -> Vec<PeerId> {
+        self.peers()
+            .filter(|&id| self.peer(id).is_some_and(|p| p.tags.matches(tag, value)))
+            .collect()
+    }
+    /// Number of connected peers.
+    pub fn connected(&self) -> usize {
+        self.connected
+    }
+
+    // ---------------------------------------------------------------- accept
+
+    fn advance(&mut self, now: Instant) {
+        if self.now.is_none_or(|n| now > n) {
+            self.now = Some(now);
+        }
+    }
+
+    /// A transport was accepted at `now`: the new peer (its hello queued),
+    /// or the rejection to write before closing the transport.
+    ///
+    /// # Errors
+    /// [`Rejection`] when `max_connection` transports are live.
+    pub fn accept(&mut self, now: Instant) -> Result<PeerId, Rejection> {
+        self.advance(now);
+        if self.is_full() {
+            self.stats.rejected += 1;
+            tracing::debug!(live = self.live, "refusing connection: server full");
+            return Err(Rejection {
+                reason: SERVER_FULL.to_owned(),
+                bytes: encode_rejection(SERVER_FULL),
+            });
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.peer = Some(Box::new(Peer {
+            conn: Connection::server(self.config.clone(), now),
+            tags: Tags::default(),
+            connected: false,
+            queued: false,
+            transmit_queued: false,
+            finished: false,
+            timer: None,
+            buffered: 0,
+        }));
+        let id = PeerId {
+            index,
+            generation: slot.generation,
+        };
+        self.live += 1;
+        self.stats.accepted += 1;
+        self.touch(id);
+        Ok(id)
+    }
+
+    // ------------------------------------------------------------------- input
+
+    /// Bytes received from `peer`.
+    pub fn handle_input(&mut self, peer: PeerId, now: Instant, data: &[u8]) {
+        self.advance(now);
+        if let Some(p) = self.peer_mut(peer) {
+            p.conn.handle_input(now, data);
+            self.touch(peer);
+            if self.buffered > self.max_buffered_input {
+                self.enforce_budget(now);
+            }
+        }
+    }
+
+    /// The driver wrote `n` bytes of `peer`'s output.
+    pub fn handle_written(&mut self, peer: PeerId, now: Instant, n: usize) {
+        self.advance(now);
+        if let Some(p) = self.peer_mut(peer) {
+            p.conn.handle_written(now, n);
+            self.touch(peer);
+        }
+    }
+
+    /// `peer` closed its side (read returned 0).
+    pub fn handle_eof(&mut self, peer: PeerId, now: Instant) {
+        self.advance(now);
+        if let Some(p) = self.peer_mut(peer) {
+            p.conn.handle_eof(now);
+            self.touch(peer);
+        }
+    }
+
+    /// `peer`'s transport failed.
+    pub fn handle_transport_error(&mut self, peer: PeerId, now: Instant, error: &std::io::Error) {
+        self.advance(now);
+        if let Some(p) = self.peer_mut(peer) {
+            p.conn.handle_transport_error(now, error);
+            self.touch(peer);
+        }
+    }
+
+    /// Fires every due deadline of every peer. Calling it early or twice is harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance(now);
+        while let Some(&(t, id)) = self.timers.first() {
+            if t > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(p) = self.peer_mut(id) {
+                p.timer = None;
+                p.conn.handle_timeout(now);
+            }
+            self.touch(id);
+        }
+    }
+
+    // ---------------------------------------------------------------- commands
+
+    fn with_conn<T>(
+        &mut self,
+        peer: PeerId,
+        f: impl FnOnce(&mut Connection) -> Result<T, SendError>,
+    ) -> Result<T, SendError> {
+        let p = self.peer_mut(peer).ok_or(SendError::NotConnected)?;
+        if p.conn.is_handshaking() {
+            return Err(SendError::NotConnected);
+        }
+        let r = f(&mut p.conn);
+        self.touch(peer);
+        r
+    }
+
+    /// Sends a message to one peer (see [`Connection::send`]).
+    ///
+    /// # Errors
+    /// [`SendError::NotConnected`] for an unknown or handshaking peer, else the connection's refusal.
+    pub fn send(
+        &mut self,
+        peer: PeerId,
+        t: MessageType,
+        payload: impl Into<Bytes>,
+    ) -> Result<u16, SendError> {
+        self.with_conn(peer, |c| c.send(t, payload))
+    }
+
+    /// Sends a message of any type, reserved ones included.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn send_system(
+        &mut self,
+        peer: PeerId,
+        t: MessageType,
+        payload: impl Into<Bytes>,
+    ) -> Result<u16, SendError> {
+        self.with_conn(peer, |c| c.send_system(t, payload))
+    }
+
+    /// Answers a request of `peer` with its id.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn reply(
+        &mut self,
+        peer: PeerId,
+        request_id: u16,
+        t: MessageType,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        self.with_conn(peer, |c| c.reply(request_id, t, payload))
+    }
+
+    /// Sends a request to one peer; only that peer's frame with the same id
+    /// answers it ([`HubEvent::Completed`]).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn request(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        t: MessageType,
+        payload: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<u16, SendError> {
+        self.advance(now);
+        self.with_conn(peer, |c| c.request(now, t, payload, timeout))
+    }
+
+    /// PINGs one peer.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn ping(
+        &mut self,
+        peer: PeerId,
+        now: Instant,
+        timeout: Duration,
+    ) -> Result<u16, SendError> {
+        self.advance(now);
+        self.with_conn(peer, |c| c.ping(now, timeout))
+    }
+
+    /// Forgets a pending request to `peer` (its waiter went away).
+    pub fn cancel_request(&mut self, peer: PeerId, request_id: u16) -> bool {
+        self.peer_mut(peer)
+            .is_some_and(|p| p.conn.cancel_request(request_id))
+    }
+
+    /// One frame, encoded once with one id from the server's window (as
+    /// Veltix does), queued on every targeted connected peer.
+    ///
+    /// # Errors
+    /// [`SendError::ReservedType`] below 200, [`SendError::PayloadTooLarge`].
+    pub fn broadcast(
+        &mut self,
+        t: MessageType,
+        payload: &[u8],
+        target: Target<'_>,
+    ) -> Result<Broadcast, SendError> {
+        if t.is_system() {
+            return Err(SendError::ReservedType(t));
+        }
+        let request_id = self.broadcast_ids.allocate(|_| false).unwrap_or(0);
+        let frame = EncodedFrame::new(t, request_id, payload)?;
+        let targets: Vec<PeerId> = match target {
+            Target::All => self.peers().collect(),
+            Target::Except(ex) => self.peers().filter(|p| !ex.contains(p)).collect(),
+            Target::Only(only) => {
+                let mut v: Vec<PeerId> = only
+                    .iter()
+                    .copied()
+                    .filter(|&p| self.is_connected(p))
+                    .collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+            Target::Tag(name, value) => self.peers_by_tag(name, value),
+        };
+        let mut out = Broadcast {
+            request_id,
+            ..Broadcast::default()
+        };
+        for id in targets {
+            match self.with_conn(id, |c| c.send_encoded(&frame)) {
+                Ok(()) => out.sent += 1,
+                Err(e) => {
+                    out.skipped += 1;
+                    tracing::debug!(peer = %id, error = %e, "broadcast skipped a peer");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closes one peer gracefully at `now` (queued output drains within the
+    /// flush deadline). `false` if unknown or already closed.
+    pub fn close(&mut self, peer: PeerId, now: Instant) -> bool {
+        self.advance(now);
+        let Some(p) = self.peer_mut(peer) else {
+            return false;
+        };
+        if p.conn.is_closed() {
+            return false;
+        }
+        p.conn.close(now);
+        self.touch(peer);
+        true
+    }
+
+    /// Closes every peer, handshaking ones included; returns how many.
+    pub fn close_all(&mut self, now: Instant) -> usize {
+        let ids: Vec<PeerId> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.peer.as_ref().map(|_| PeerId {
+                    index: i as u32,
+                    generation: s.generation,
+                })
+            })
+            .collect();
+        ids.into_iter().filter(|&id| self.close(id, now)).count()
+    }
+
+    // ------------------------------------------------------------------ output
+
+    /// The next bytes to write to `peer`'s transport.
+    pub fn poll_transmit(&mut self, peer: PeerId) -> Option<Bytes> {
+        self.peer_mut(peer)?.conn.poll_transmit()
+    }
+
+    /// A peer whose output grew since it was last named here (after a
+    /// command, a timer or another peer's input): try writing to it.
+    pub fn poll_transmit_ready(&mut self) -> Option<PeerId> {
+        while let Some(id) = self.transmit.pop_front() {
+            if let Some(p) = self.peer_mut(id) {
+                p.transmit_queued = false;
+                if p.conn.has_transmit() {
+                    return Some(id);
+                }
+            }
+        }
+        None
+    }
+
+    /// A peer whose connection ended: drop its transport. Its admission
+    /// slot is already released.
+    pub fn poll_finished(&mut self) -> Option<PeerId> {
+        self.finished.pop_front()
+    }
+
+    /// The next request outcome of any peer.
+    pub fn poll_completion(&mut self) -> Option<(PeerId, HubEvent)> {
+        // Completions are rare next to messages: a scan of the ready peers.
+        let n = self.ready.len();
+        for _ in 0..n {
+            let id = self.ready.pop_front()?;
+            self.ready.push_back(id);
+            let Some(p) = self.peer_mut(id) else { continue };
+            if let Some(e) = p.conn.poll_completion() {
+                if let Routed::Completed {
+                    request_id,
+                    outcome,
+                } = e.routed()
+                {
+                    return Some((
+                        id,
+                        HubEvent::Completed {
+                            request_id,
+                            outcome,
+                        },
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// The next application event, round robin between peers (one event per
+    /// peer per turn). Taking events lets a peer's decoding resume.
+    pub fn poll_event(&mut self) -> Option<(PeerId, HubEvent)> {
+        while let Some(id) = self.ready.pop_front() {
+            let Some(p) = self.peer_mut(id) else { continue };
+            p.queued = false;
+            let ev = p.conn.poll_event();
+            let out = match ev {
+                None => None,
+                Some(Event::Connected(hello)) => {
+                    p.connected = true;
+                    self.connected += 1;
+                    Some(HubEvent::Connected(hello))
+                }
+                Some(Event::Closed { reason, .. }) => {
+                    let was = std::mem::replace(&mut p.connected, false);
+                    if was {
+                        self.connected -= 1;
+                    }
+                    was.then_some(HubEvent::Disconnected(reason))
+                }
+                Some(e) => match e.routed() {
+                    Routed::Message(f) => Some(HubEvent::Message(f)),
+                    Routed::Completed {
+                        request_id,
+                        outcome,
+                    } => Some(HubEvent::Completed {
+                        request_id,
+                        outcome,
+                    }),
+                    _ => None,
+                },
+            };
+            self.touch(id);
+            if let Some(e) = out {
+                return Some((id, e));
+            }
+        }
+        None
+    }
+
+    /// When to call `handle_timeout` next (the earliest deadline of any
+    /// peer); queued work of a peer shows in `poll_transmit_ready` and
+    /// `poll_event`, not here.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    // -------------------------------------------------------------- internals
+
+    /// After anything happened to `id`: its timer, queues, budget share and,
+    /// once its connection finished, its release.
+    fn touch(&mut self, id: PeerId) {
+        let Some(slot) = self.slots.get_mut(id.index as usize) else {
+            return;
+        };
+        if slot.generation != id.generation {
+            return;
+        }
+        let Some(p) = slot.peer.as_deref_mut() else {
+            return;
+        };
+        let timer = p.conn.next_timer();
+        if timer != p.timer {
+            if let Some(old) = p.timer {
+                self.timers.remove(&(old, id));
+            }
+            if let Some(new) = timer {
+                self.timers.insert((new, id));
+            }
+            p.timer = timer;
+        }
+        let buffered = p.conn.buffered_input();
+        self.buffered = self.buffered - p.buffered + buffered;
+        p.buffered = buffered;
+        if p.conn.has_events() && !p.queued {
+            p.queued = true;
+            self.ready.push_back(id);
+        }
+        if p.conn.has_transmit() && !p.transmit_queued {
+            p.transmit_queued = true;
+            self.transmit.push_back(id);
+        }
+        if p.conn.is_finished() && !p.finished {
+            p.finished = true;
+            self.live -= 1;
+            self.finished.push_back(id);
+        }
+        if p.finished && !p.conn.has_events() {
+            // Released and every event taken: the slot is free.
+            if let Some(t) = p.timer {
+                self.timers.remove(&(t, id));
+            }
+            self.buffered -= p.buffered;
+            slot.peer = None;
+            self.free.push(id.index);
+        }
+    }
+
+    /// Cuts the peers holding the largest partial frames until the total
+    /// is within `max_buffered_input`.
+    fn enforce_budget(&mut self, now: Instant) {
+        while self.buffered > self.max_buffered_input {
+            let victim = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| {
+                    let p = s.peer.as_deref()?;
+                    (p.buffered > 0).then_some((
+                        p.buffered,
+                        PeerId {
+                            index: i as u32,
+                            generation: s.generation,
+                        },
+                    ))
+                })
+                .max();
+            let Some((bytes, id)) = victim else { return };
+            tracing::warn!(peer = %id, bytes, total = self.buffered, "receive budget exceeded: cutting the largest partial frame");
+            self.stats.budget_cuts += 1;
+            if let Some(p) = self.peer_mut(id) {
+                p.conn.abort(now, CloseReason::BufferBudget);
+            }
+            self.touch(id);
+        }
+    }
+}

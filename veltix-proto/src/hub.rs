@@ -303,6 +303,19 @@ impl Hub {
             .filter(|&id| self.peer(id).is_some_and(|p| p.tags.matches(tag, value)))
             .collect()
     }
+    /// The earliest deadline of one peer (for drivers that run a timer per
+    /// transport; [`poll_timeout`](Self::poll_timeout) is the hub-wide one).
+    pub fn peer_timeout(&self, peer: PeerId) -> Option<Instant> {
+        self.peer(peer).and_then(|p| p.timer)
+    }
+    /// Fires the due deadlines of one peer only.
+    pub fn handle_peer_timeout(&mut self, peer: PeerId, now: Instant) {
+        self.advance(now);
+        if let Some(p) = self.peer_mut(peer) {
+            p.conn.handle_timeout(now);
+            self.touch(peer);
+        }
+    }
     /// Number of connected peers.
     pub fn connected(&self) -> usize {
         self.connected

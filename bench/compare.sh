@@ -13,7 +13,8 @@
 #
 # Environment: VENV (default: <repo>/.venv) is the virtualenv holding Python
 # veltix; it is created, and `veltix[benchmark]==3.3.0` (veltix + psutil)
-# installed into it, when missing. CARGO (default: cargo).
+# installed into it, when missing. CARGO (default: cargo). CARGO_TARGET_DIR
+# (default: <repo>/target) is where the `veltix` binary is built and found.
 #
 # Steps: build `veltix` in release; run `python -m veltix.benchmark` (memory,
 # latency, burst, stress; its defaults: async socket core, auto engine, one
@@ -64,8 +65,13 @@ if ! "$PY" -c "import veltix, psutil, sys; sys.exit(veltix.__version__ != '3.3.0
 fi
 
 echo "==> building veltix (release)" >&2
-(cd "$ROOT" && "$CARGO" build --release --quiet -p veltix-cli)
-VELTIX="$ROOT/target/release/veltix"
+(cd "$ROOT" && "$CARGO" build --release --quiet --locked -p veltix-cli)
+# Where cargo put it: <target dir>/release/veltix, the target dir being
+# CARGO_TARGET_DIR (or build.target-dir) when set, <repo>/target otherwise.
+TARGET_DIR="$(cd "$ROOT" && "$CARGO" metadata --format-version 1 --no-deps --locked |
+  "$PY" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+VELTIX="$TARGET_DIR/release/veltix"
+[ -x "$VELTIX" ] || { echo "compare.sh: $VELTIX was not built" >&2; exit 1; }
 
 echo "==> load average: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) CPUs)" >&2
 

@@ -513,7 +513,7 @@ const ORDERED: usize = 10_000;
 /// bytes `i & 0xff`, so sizes and contents vary.
 fn seq_payload(i: usize) -> Vec<u8> {
     let mut p = u32::try_from(i).unwrap().to_be_bytes().to_vec();
-    p.extend(std::iter::repeat((i & 0xff) as u8).take(i % 61));
+    p.extend(std::iter::repeat_n((i & 0xff) as u8, i % 61));
     p
 }
 

@@ -165,3 +165,8 @@ pub use retry::{DisconnectReason, DisconnectState, RetryPolicy};
 pub use router::Router;
 pub use server::{Acceptor, Rejection, SharedTags, Tags};
 pub use session::{ClientSession, Dial, SessionEvent};
+
+/// The README's code blocks, compiled and run as doctests (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -61,3 +61,8 @@ pub use veltix_proto::{
     CloseReason, DisconnectReason, DisconnectState, Error, Frame, HandshakeError, LocalHello,
     MessageType, PeerHello, SharedTags, Tags,
 };
+
+/// The README's code blocks, compiled and run as doctests (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -162,7 +162,7 @@ async fn accept_loop(listener: TcpListener, weak: Weak<Shared>, stop: Arc<Notify
             // server's last handle ends this loop.
             if weak
                 .upgrade()
-                .map_or(true, |s| s.stopping.load(Ordering::SeqCst))
+                .is_none_or(|s| s.stopping.load(Ordering::SeqCst))
             {
                 return;
             }

@@ -249,7 +249,7 @@ fn payload(dir: u8, client: usize, seq: u64, filler: usize) -> Bytes {
     v.push(dir);
     v.extend_from_slice(&(client as u32).to_be_bytes());
     v.extend_from_slice(&seq.to_be_bytes());
-    v.extend(std::iter::repeat((seq % 251) as u8).take(filler));
+    v.extend(std::iter::repeat_n((seq % 251) as u8, filler));
     let sum = crc32(&v);
     v.extend_from_slice(&sum.to_be_bytes());
     Bytes::from(v)
@@ -843,7 +843,7 @@ impl Sim {
         self.events();
         // Only now may dead links go: their Closed events were just handled.
         self.links
-            .retain(|_, l| !(l.dead && l.server.as_ref().map_or(true, Connection::is_closed)));
+            .retain(|_, l| !(l.dead && l.server.as_ref().is_none_or(Connection::is_closed)));
         self.transmit();
         let t = self.next_wakeup(end, traffic);
         self.now = t;

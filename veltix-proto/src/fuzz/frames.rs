@@ -478,9 +478,7 @@ fn chunking(u: &mut Unstructured<'_>, mut frames: Vec<Frame>) -> Result<()> {
     let mut expected = Vec::new();
     for f in &frames {
         f.encode(&mut stream).expect("fits");
-        let kept = accepted
-            .as_ref()
-            .map_or(true, |s| s.contains(f.message_type));
+        let kept = accepted.as_ref().is_none_or(|s| s.contains(f.message_type));
         expected.push(if kept {
             Decoded::Frame(f.clone())
         } else {

@@ -347,7 +347,7 @@ impl Peer {
             );
         } else {
             assert!(
-                next.map_or(true, |t| t > now),
+                next.is_none_or(|t| t > now),
                 "{:?}: deadline {next:?} in the past after handle_timeout({now:?})",
                 self.side
             );

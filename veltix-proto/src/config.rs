@@ -33,6 +33,8 @@ use crate::retry::{Backoff, RetryPolicy};
 pub const DEFAULT_BUFFER_SIZE: usize = 8192;
 /// Veltix's default callback pool size.
 pub const DEFAULT_MAX_WORKERS: usize = 4;
+/// Default `max_connection`: 10 000 connections.
+pub const DEFAULT_MAX_CONNECTION: usize = 10_000;
 /// Default server-wide budget for partial frames: 256 MiB.
 pub const DEFAULT_MAX_BUFFERED_INPUT: usize = 256 * 1024 * 1024;
 /// Veltix's default `send_and_wait` / ping timeout.
@@ -331,8 +333,11 @@ pub struct ServerConfig {
     /// Bytes read per `recv` (default 8192, Veltix's). A driver may read more
     /// per call: `veltix-std` reads at least 64 KiB.
     pub buffer_size: usize,
-    /// Connections allowed at once, handshaking ones included; `None` = unlimited
-    /// (Veltix's `-1`, the default).
+    /// Connections allowed at once, handshaking ones included; `None` =
+    /// unlimited (Veltix's `-1`, its default). Default here:
+    /// [`DEFAULT_MAX_CONNECTION`], so that a flood of connects meets a
+    /// `server_full` refusal before it meets the process's file-descriptor
+    /// or thread limits (drivers lower it further to fit the fd limit).
     pub max_connection: Option<usize>,
     /// Largest frame accepted, header included (default 10 MiB).
     pub max_message_size: usize,
@@ -364,7 +369,7 @@ impl Default for ServerConfig {
             host: "0.0.0.0".into(),
             port: 8080,
             buffer_size: DEFAULT_BUFFER_SIZE,
-            max_connection: None,
+            max_connection: Some(DEFAULT_MAX_CONNECTION),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_workers: DEFAULT_MAX_WORKERS,
@@ -477,7 +482,7 @@ mod tests {
         let s = ServerConfig::default();
         assert_eq!(
             (s.host.as_str(), s.max_connection, s.id_window),
-            ("0.0.0.0", None, 30_000)
+            ("0.0.0.0", Some(DEFAULT_MAX_CONNECTION), 30_000)
         );
         c.validate().unwrap();
         s.validate().unwrap();

@@ -181,6 +181,11 @@ pub struct DecoderStats {
     pub overflow: u64,
     /// Total bytes discarded, all reasons.
     pub discarded_bytes: u64,
+    /// Work: payload bytes run through the CRC-32 (delivered, dropped and
+    /// mismatching frames alike).
+    pub crc_bytes: u64,
+    /// Work: bytes examined while searching for the next `VX`.
+    pub scan_bytes: u64,
 }
 
 impl DecoderStats {
@@ -357,7 +362,10 @@ impl Decoder {
 
     /// Skips to the next `VX` after offset 0, or clears the buffer.
     fn resync(&mut self, reason: DiscardReason) -> Discard {
-        let skip = find_magic(&self.buf[1..]).map_or(self.buf.len(), |i| i + 1);
+        let found = find_magic(&self.buf[1..]);
+        // The search reads through the `X` of the magic it finds.
+        self.stats.scan_bytes += found.map_or(self.buf.len() - 1, |i| i + 2) as u64;
+        let skip = found.map_or(self.buf.len(), |i| i + 1);
         self.buf.advance(skip);
         let d = Discard {
             reason,
@@ -400,6 +408,7 @@ impl Decoder {
         if self.buf.len() < total {
             return None;
         }
+        self.stats.crc_bytes += (total - HEADER_LEN) as u64;
         let actual = crc32fast::hash(&self.buf[HEADER_LEN..total]);
         if actual != h.crc32 {
             return Some(Step::Discarded(self.resync(DiscardReason::CrcMismatch {
@@ -622,6 +631,48 @@ mod tests {
         assert_eq!(owned, lent);
         assert_eq!(a.stats(), b.stats());
         assert!(a.stats().oversize > 0 && a.stats().frames > 30);
+    }
+
+    /// Headers back to back, each announcing a `payload_len` payload (made of
+    /// the headers after it) with a CRC that does not match: once the first
+    /// `payload_len` bytes are in, every further header completes a candidate
+    /// frame, which is CRC-checked and resynced by 15 bytes.
+    fn bad_crc_headers(payload_len: u32, count: usize) -> Vec<u8> {
+        let h = Header {
+            flags: 0,
+            message_type: MessageType(200),
+            payload_len,
+            crc32: 0x1234_5678,
+            request_id: 0,
+        };
+        h.to_bytes().repeat(count)
+    }
+
+    #[test]
+    fn resync_attack_work_is_amplified() {
+        // The attack of issue 10, scaled down to a 64 KiB limit.
+        let cfg = DecoderConfig {
+            max_message_size: 64 * 1024,
+            ..DecoderConfig::default()
+        };
+        let payload_len = (64 * 1024 - HEADER_LEN) as u32;
+        let wire = bad_crc_headers(payload_len, 64 * 1024 / HEADER_LEN + 2000);
+        let mut d = Decoder::new(cfg);
+        for chunk in wire.chunks(HEADER_LEN) {
+            d.push(chunk);
+            drain(&mut d);
+        }
+        let st = *d.stats();
+        let ratio = st.crc_bytes / wire.len() as u64;
+        eprintln!(
+            "pushed {} crc_bytes {} scan_bytes {} ratio {ratio}",
+            wire.len(),
+            st.crc_bytes,
+            st.scan_bytes
+        );
+        assert!(st.crc_mismatch >= 2000);
+        // The defect: thousands of CRC bytes per byte received.
+        assert!(ratio > 1000, "ratio {ratio}");
     }
 
     #[test]

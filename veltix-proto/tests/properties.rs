@@ -222,6 +222,7 @@ fn check_hostile_input(
         max_buffer_size: SMALL_MAX_BUFFER,
         strict: false,
         accepted_types: accepted.clone(),
+        ..DecoderConfig::default()
     });
     let mut pushed = 0usize;
     // Bytes consumed from the front of the input: delivered or discarded.

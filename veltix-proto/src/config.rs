@@ -126,6 +126,7 @@ fn connection_config(
             max_buffer_size: DEFAULT_MAX_BUFFER_SIZE.max(max_message_size.saturating_mul(2)),
             strict,
             accepted_types: None,
+            ..DecoderConfig::default()
         },
         handshake_timeout,
         hello: hello.clone(),

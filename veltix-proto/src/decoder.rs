@@ -12,6 +12,20 @@
 //! * a chunk that would push the buffer past `max_buffer_size` clears the
 //!   buffer and is itself discarded.
 //!
+//! One guard is ours, not Veltix's: the resync rule lets a peer make the
+//! receiver check the CRC of the same bytes again and again (headers 15
+//! bytes apart, each announcing a frame of nearly `max_message_size` with a
+//! wrong CRC, cost one CRC over that many bytes per 15 bytes received). Outside
+//! strict mode, CRC work spent on frames that then fail their check is paid
+//! from a credit earned by the bytes pushed
+//! ([`DecoderConfig::resync_budget_factor`] per byte, banked up to
+//! [`DecoderConfig::resync_budget_burst`]); when a failed check costs more
+//! than the credit left, the decoder discards its buffer with
+//! [`DiscardReason::ResyncLimit`] and stops, as strict mode does. Frames that
+//! pass their CRC cost nothing, so honest traffic never reaches the limit; a
+//! check can only cover bytes already pushed, so the total CRC work stays
+//! below `(factor + 2) × pushed`.
+//!
 //! The CRC is checked **before** the type (the order of Veltix's compiled
 //! engine; the pure-Python engine checks the type first, which trusts a
 //! corrupt header's length). Every skipped run is reported as a
@@ -45,6 +59,14 @@ use crate::frame::{Frame, Header, MessageType, DEFAULT_MAX_MESSAGE_SIZE, HEADER_
 /// Default cap on the receive buffer: 20 MiB (Veltix's fixed value).
 pub const DEFAULT_MAX_BUFFER_SIZE: usize = 20 * 1024 * 1024;
 
+/// Default [`DecoderConfig::resync_budget_factor`]: 8 bytes of CRC credit per
+/// byte received.
+pub const DEFAULT_RESYNC_BUDGET_FACTOR: u32 = 8;
+
+/// Default [`DecoderConfig::resync_budget_burst`]: 40 MiB, four failed CRC
+/// checks of a frame of the default `max_message_size`.
+pub const DEFAULT_RESYNC_BUDGET_BURST: usize = 4 * DEFAULT_MAX_MESSAGE_SIZE;
+
 /// Receiver-side limits and policy.
 #[derive(Debug, Clone)]
 pub struct DecoderConfig {
@@ -59,6 +81,20 @@ pub struct DecoderConfig {
     /// Types to deliver; frames of any other type are dropped whole, as Veltix
     /// drops unregistered types. `None` (the default) accepts every type.
     pub accepted_types: Option<Arc<TypeSet>>,
+    /// Outside strict mode, bytes of CRC credit earned by each byte pushed
+    /// (default [`DEFAULT_RESYNC_BUDGET_FACTOR`], 8); a new decoder has none.
+    /// A CRC check that fails costs the payload length it covered; a check
+    /// that passes costs nothing. When a failed check costs more than the
+    /// credit left, the decoder gives up: [`DiscardReason::ResyncLimit`].
+    /// With 0, any failed check of a non-empty payload is fatal. See the
+    /// [module documentation](self).
+    pub resync_budget_factor: u32,
+    /// Outside strict mode, the most CRC credit that can be banked (default
+    /// [`DEFAULT_RESYNC_BUDGET_BURST`], 40 MiB), so that a long honest
+    /// exchange does not pay for a long attack. Keep it at a few
+    /// `max_message_size`: below one, a single corrupt frame of the largest
+    /// size stops the decoder. `usize::MAX` disables the limit.
+    pub resync_budget_burst: usize,
 }
 
 impl Default for DecoderConfig {
@@ -68,6 +104,8 @@ impl Default for DecoderConfig {
             max_buffer_size: DEFAULT_MAX_BUFFER_SIZE,
             strict: false,
             accepted_types: None,
+            resync_budget_factor: DEFAULT_RESYNC_BUDGET_FACTOR,
+            resync_budget_burst: DEFAULT_RESYNC_BUDGET_BURST,
         }
     }
 }
@@ -123,6 +161,7 @@ impl FromIterator<MessageType> for TypeSet {
 
 /// Why bytes were discarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DiscardReason {
     /// The buffer did not start with `VX`; bytes up to the next `VX` went.
     BadMagic,
@@ -144,6 +183,13 @@ pub enum DiscardReason {
     /// A chunk would have pushed the buffer past `max_buffer_size`: the buffer
     /// and the chunk were both discarded.
     BufferOverflow,
+    /// Outside strict mode, a frame failed its CRC check when the CRC budget
+    /// ([`DecoderConfig::resync_budget_factor`],
+    /// [`DecoderConfig::resync_budget_burst`]) could not pay for it: the peer
+    /// makes the decoder check the CRC of the same bytes over and over. The
+    /// whole buffer was discarded and the decoder stopped
+    /// ([`Decoder::is_failed`]); this is its last event.
+    ResyncLimit,
 }
 
 impl DiscardReason {
@@ -181,6 +227,13 @@ pub struct DecoderStats {
     pub overflow: u64,
     /// Total bytes discarded, all reasons.
     pub discarded_bytes: u64,
+    /// Work: payload bytes run through the CRC-32 (delivered, dropped and
+    /// mismatching frames alike).
+    pub crc_bytes: u64,
+    /// Work: bytes examined while searching for the next `VX`.
+    pub scan_bytes: u64,
+    /// Stops for an exhausted CRC budget (0 or 1).
+    pub resync_limit: u64,
 }
 
 impl DecoderStats {
@@ -192,6 +245,7 @@ impl DecoderStats {
             DiscardReason::CrcMismatch { .. } => self.crc_mismatch += 1,
             DiscardReason::UnknownType(_) => self.unknown_type += 1,
             DiscardReason::BufferOverflow => self.overflow += 1,
+            DiscardReason::ResyncLimit => self.resync_limit += 1,
         }
     }
 }
@@ -239,6 +293,8 @@ pub struct Decoder {
     pending: Option<Discard>,
     /// Bytes of the frame last lent by `next_frame_ref`, dropped at the next step.
     skip: usize,
+    /// CRC credit left for checks that fail (outside strict mode).
+    credit: u64,
     failed: bool,
     stats: DecoderStats,
 }
@@ -251,6 +307,7 @@ impl Decoder {
             config,
             pending: None,
             skip: 0,
+            credit: 0,
             failed: false,
             stats: DecoderStats::default(),
         }
@@ -271,8 +328,9 @@ impl Decoder {
         &self.stats
     }
 
-    /// In strict mode: whether a corruption was seen (the decoder then
-    /// ignores all further input).
+    /// Whether the decoder stopped: in strict mode at the first corruption,
+    /// otherwise at a [`DiscardReason::ResyncLimit`]. A failed decoder holds
+    /// nothing and ignores all further input.
     pub fn is_failed(&self) -> bool {
         self.failed
     }
@@ -293,6 +351,7 @@ impl Decoder {
         if self.failed || chunk.is_empty() {
             return;
         }
+        self.earn(chunk.len());
         if self.overflows(chunk.len()) {
             return;
         }
@@ -306,6 +365,7 @@ impl Decoder {
         if self.failed || chunk.is_empty() {
             return;
         }
+        self.earn(chunk.len());
         if self.overflows(chunk.len()) {
             return;
         }
@@ -323,6 +383,16 @@ impl Decoder {
             self.buf.advance(self.skip);
             self.skip = 0;
         }
+    }
+
+    /// Adds the CRC credit `received` bytes earn, up to the burst.
+    #[inline]
+    fn earn(&mut self, received: usize) {
+        let earned = u64::from(self.config.resync_budget_factor).saturating_mul(received as u64);
+        self.credit = self
+            .credit
+            .saturating_add(earned)
+            .min(self.config.resync_budget_burst as u64);
     }
 
     fn overflows(&mut self, incoming: usize) -> bool {
@@ -357,7 +427,10 @@ impl Decoder {
 
     /// Skips to the next `VX` after offset 0, or clears the buffer.
     fn resync(&mut self, reason: DiscardReason) -> Discard {
-        let skip = find_magic(&self.buf[1..]).map_or(self.buf.len(), |i| i + 1);
+        let found = find_magic(&self.buf[1..]);
+        // The search reads through the `X` of the magic it finds.
+        self.stats.scan_bytes += found.map_or(self.buf.len() - 1, |i| i + 2) as u64;
+        let skip = found.map_or(self.buf.len(), |i| i + 1);
         self.buf.advance(skip);
         let d = Discard {
             reason,
@@ -368,6 +441,18 @@ impl Decoder {
             self.failed = true;
             self.buf = BytesMut::new();
         }
+        d
+    }
+
+    /// Stops for good: the CRC budget is exhausted.
+    fn give_up(&mut self) -> Discard {
+        let d = Discard {
+            reason: DiscardReason::ResyncLimit,
+            bytes: self.buf.len(),
+        };
+        self.stats.count(&d);
+        self.failed = true;
+        self.buf = BytesMut::new();
         d
     }
 
@@ -400,8 +485,16 @@ impl Decoder {
         if self.buf.len() < total {
             return None;
         }
+        let checked = (total - HEADER_LEN) as u64;
+        self.stats.crc_bytes += checked;
         let actual = crc32fast::hash(&self.buf[HEADER_LEN..total]);
         if actual != h.crc32 {
+            if !self.config.strict && self.config.resync_budget_burst != usize::MAX {
+                if checked > self.credit {
+                    return Some(Step::Discarded(self.give_up()));
+                }
+                self.credit -= checked;
+            }
             return Some(Step::Discarded(self.resync(DiscardReason::CrcMismatch {
                 expected: h.crc32,
                 actual,
@@ -622,6 +715,291 @@ mod tests {
         assert_eq!(owned, lent);
         assert_eq!(a.stats(), b.stats());
         assert!(a.stats().oversize > 0 && a.stats().frames > 30);
+    }
+
+    /// Headers back to back, each announcing a `payload_len` payload (made of
+    /// the headers after it) with a CRC that does not match: once the first
+    /// `payload_len` bytes are in, every further header completes a candidate
+    /// frame, which is CRC-checked and resynced by 15 bytes.
+    fn bad_crc_headers(payload_len: u32, count: usize) -> Vec<u8> {
+        let h = Header {
+            flags: 0,
+            message_type: MessageType(200),
+            payload_len,
+            crc32: 0x1234_5678,
+            request_id: 0,
+        };
+        h.to_bytes().repeat(count)
+    }
+
+    /// Pushes `wire` in `piece`-byte chunks, draining after each; returns the
+    /// events.
+    fn trickle(d: &mut Decoder, wire: &[u8], piece: usize) -> Vec<Decoded> {
+        let mut out = Vec::new();
+        for chunk in wire.chunks(piece) {
+            d.push(chunk);
+            out.extend(drain(d));
+        }
+        out
+    }
+
+    fn is_limit(e: &Decoded) -> bool {
+        matches!(
+            e,
+            Decoded::Discarded(Discard {
+                reason: DiscardReason::ResyncLimit,
+                ..
+            })
+        )
+    }
+
+    /// The attack of issue 10 at full scale: 10 MiB of headers announcing
+    /// 10 MiB frames with a bad CRC, then one more header every 15 bytes.
+    /// Without the budget each of those cost a 10 MiB CRC (~700 000 CRC bytes
+    /// per byte received); now the decoder stops after a few.
+    #[test]
+    fn resync_attack_is_cut_off() {
+        let cfg = DecoderConfig::default();
+        let payload_len = (cfg.max_message_size - HEADER_LEN) as u32;
+        let wire = bad_crc_headers(payload_len, cfg.max_message_size / HEADER_LEN + 1000);
+        let mut d = Decoder::new(cfg.clone());
+        let mut out = Vec::new();
+        let mut pushed = 0u64;
+        for chunk in wire.chunks(HEADER_LEN) {
+            if d.is_failed() {
+                break;
+            }
+            d.push(chunk);
+            pushed += chunk.len() as u64;
+            out.extend(drain(&mut d));
+        }
+        let st = *d.stats();
+        eprintln!(
+            "attack: pushed {pushed} crc_bytes {} scan_bytes {} crc_mismatch {}",
+            st.crc_bytes, st.scan_bytes, st.crc_mismatch
+        );
+        assert!(d.is_failed());
+        assert_eq!(d.buffered(), 0);
+        assert!(is_limit(out.last().unwrap()));
+        assert_eq!(out.iter().filter(|e| is_limit(e)).count(), 1);
+        assert_eq!(st.resync_limit, 1);
+        assert_eq!(st.frames, 0);
+        // Every byte pushed before the stop is reported as discarded.
+        assert_eq!(st.discarded_bytes, pushed);
+        // Four 10 MiB checks from the 40 MiB burst, the fifth overdraws.
+        assert_eq!(st.crc_mismatch, 4);
+        assert!(st.crc_bytes <= 5 * pushed, "{} vs {pushed}", st.crc_bytes);
+        let bound = (2 + u64::from(cfg.resync_budget_factor)) * pushed;
+        assert!(st.crc_bytes <= bound);
+        assert!(st.scan_bytes <= pushed);
+        // Nothing more is examined.
+        d.push(&wire[..HEADER_LEN * 10]);
+        assert!(d.next_frame().is_none());
+        assert_eq!(*d.stats(), st);
+    }
+
+    /// The same attack at a 64 KiB limit, where the credit cap is 640 times
+    /// the limit: the CRC work stays within the documented bound.
+    #[test]
+    fn resync_attack_work_is_bounded_at_a_small_limit() {
+        let cfg = DecoderConfig {
+            max_message_size: 64 * 1024,
+            ..DecoderConfig::default()
+        };
+        let payload_len = (64 * 1024 - HEADER_LEN) as u32;
+        let wire = bad_crc_headers(payload_len, 64 * 1024 / HEADER_LEN + 2000);
+        let mut d = Decoder::new(cfg.clone());
+        let out = trickle(&mut d, &wire, HEADER_LEN);
+        let st = *d.stats();
+        // Input after the stop is ignored; what came before was all discarded.
+        let pushed = st.discarded_bytes;
+        eprintln!(
+            "64 KiB attack: pushed {pushed} crc_bytes {} scan_bytes {}",
+            st.crc_bytes, st.scan_bytes
+        );
+        assert!(d.is_failed() && is_limit(out.last().unwrap()));
+        let bound = (2 + u64::from(cfg.resync_budget_factor)) * pushed;
+        assert!(st.crc_bytes <= bound, "{} > {bound}", st.crc_bytes);
+        assert!(st.scan_bytes <= pushed);
+    }
+
+    /// An honest frame of the largest size behind some junk, trickled in
+    /// 1-byte and 15-byte pieces: one CRC over its payload, one scan over
+    /// the junk.
+    #[test]
+    fn trickled_max_frame_costs_linear_work() {
+        let cfg = DecoderConfig::default();
+        let payload: Vec<u8> = (0..cfg.max_message_size - HEADER_LEN)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let junk = [b'j'; 1000];
+        let mut wire = junk.to_vec();
+        wire.extend(frame(200, 7, &payload));
+        for piece in [1, HEADER_LEN] {
+            let mut d = Decoder::new(cfg.clone());
+            let out = trickle(&mut d, &wire, piece);
+            let st = *d.stats();
+            eprintln!(
+                "10 MiB frame in {piece}-byte pieces: pushed {} crc_bytes {} scan_bytes {}",
+                wire.len(),
+                st.crc_bytes,
+                st.scan_bytes
+            );
+            let frames: Vec<_> = out
+                .iter()
+                .filter_map(|e| match e {
+                    Decoded::Frame(f) => Some(f),
+                    Decoded::Discarded(_) => None,
+                })
+                .collect();
+            assert_eq!(frames.len(), 1);
+            assert!(frames[0].payload[..] == payload[..]);
+            assert!(!d.is_failed());
+            assert_eq!(st.crc_bytes, payload.len() as u64);
+            assert!(st.scan_bytes <= junk.len() as u64);
+            assert_eq!(st.discarded_bytes, junk.len() as u64);
+        }
+    }
+
+    /// Ordinary corruption (bit flips in big frames, good frames between
+    /// them) never reaches the limit, even right after the decoder is made.
+    #[test]
+    fn corrupt_big_frames_do_not_reach_the_limit() {
+        let cfg = DecoderConfig::default();
+        let big = vec![b'p'; cfg.max_message_size - HEADER_LEN];
+        let mut wire = Vec::new();
+        let mut good = 0;
+        for i in 0..6u16 {
+            let mut bad = frame(200, i, &big);
+            bad[HEADER_LEN + 1000] ^= 1;
+            wire.extend(bad);
+            if i % 2 == 1 {
+                wire.extend(frame(201, i, b"between"));
+                good += 1;
+            }
+        }
+        let mut d = Decoder::new(cfg);
+        let out = trickle(&mut d, &wire, 64 * 1024);
+        assert!(!d.is_failed());
+        assert_eq!(d.stats().crc_mismatch, 6);
+        assert_eq!(d.stats().frames, good);
+        assert!(!out.iter().any(is_limit));
+    }
+
+    /// With no budget at all, honest frames and junk still decode: only failed
+    /// CRC checks are paid for.
+    #[test]
+    fn zero_budget_leaves_honest_traffic_alone() {
+        let cfg = DecoderConfig {
+            resync_budget_factor: 0,
+            resync_budget_burst: 0,
+            ..DecoderConfig::default()
+        };
+        let mut wire = b"some junk, more than fifteen bytes".to_vec();
+        for i in 0..20u16 {
+            wire.extend(frame(200, i, &vec![i as u8; usize::from(i) * 100]));
+            wire.extend_from_slice(b"VV");
+        }
+        let mut reference = Decoder::new(DecoderConfig::default());
+        let want = trickle(&mut reference, &wire, 7);
+        let mut d = Decoder::new(cfg);
+        assert_eq!(trickle(&mut d, &wire, 7), want);
+        assert_eq!(d.stats().frames, 20);
+        assert!(!d.is_failed());
+    }
+
+    #[test]
+    fn exhausted_budget_stops_the_decoder() {
+        let cfg = DecoderConfig {
+            max_message_size: 1024,
+            resync_budget_factor: 1,
+            resync_budget_burst: 100,
+            ..DecoderConfig::default()
+        };
+        // A failed check over an empty payload costs nothing.
+        let mut empty = frame(200, 1, b"");
+        empty[9] = 1;
+        let mut wire = empty.clone();
+        let mut bad = frame(200, 2, &[b'z'; 200]);
+        bad[HEADER_LEN] ^= 1;
+        wire.extend(&bad);
+        wire.extend(frame(200, 3, b"after"));
+        for borrowed in [false, true] {
+            let mut d = Decoder::new(cfg.clone());
+            d.push(&wire);
+            let mut out = Vec::new();
+            while let Some(e) = if borrowed {
+                d.next_frame_ref().map(|e| match e {
+                    DecodedRef::Discarded(x) => Decoded::Discarded(x),
+                    DecodedRef::Frame { .. } => panic!("no frame expected"),
+                })
+            } else {
+                d.next_frame()
+            } {
+                out.push(e);
+            }
+            assert_eq!(
+                out,
+                vec![
+                    Decoded::Discarded(Discard {
+                        reason: DiscardReason::CrcMismatch {
+                            expected: 0x0100_0000,
+                            actual: 0
+                        },
+                        bytes: HEADER_LEN,
+                    }),
+                    Decoded::Discarded(Discard {
+                        reason: DiscardReason::ResyncLimit,
+                        bytes: wire.len() - HEADER_LEN,
+                    }),
+                ]
+            );
+            assert!(d.is_failed());
+            assert_eq!(d.buffered(), 0);
+            assert_eq!(d.stats().resync_limit, 1);
+            assert_eq!(d.stats().discarded_bytes, wire.len() as u64);
+            d.push(&frame(200, 4, b"ignored"));
+            assert!(d.next_frame().is_none());
+        }
+    }
+
+    #[test]
+    fn strict_mode_has_no_budget() {
+        let cfg = DecoderConfig {
+            strict: true,
+            resync_budget_factor: 0,
+            resync_budget_burst: 0,
+            ..DecoderConfig::default()
+        };
+        let mut bad = frame(200, 2, &[b'z'; 200]);
+        bad[HEADER_LEN] ^= 1;
+        let mut d = Decoder::new(cfg);
+        d.push(&bad);
+        let out = drain(&mut d);
+        assert!(matches!(
+            out[..],
+            [Decoded::Discarded(Discard {
+                reason: DiscardReason::CrcMismatch { .. },
+                ..
+            })]
+        ));
+        assert!(d.is_failed());
+        assert_eq!(d.stats().resync_limit, 0);
+    }
+
+    #[test]
+    fn max_burst_disables_the_limit() {
+        let cfg = DecoderConfig {
+            max_message_size: 4096,
+            resync_budget_factor: 0,
+            resync_budget_burst: usize::MAX,
+            ..DecoderConfig::default()
+        };
+        let wire = bad_crc_headers(4096 - HEADER_LEN as u32, 4096 / HEADER_LEN + 500);
+        let mut d = Decoder::new(cfg);
+        let out = trickle(&mut d, &wire, HEADER_LEN);
+        assert!(!d.is_failed() && !out.iter().any(is_limit));
+        assert_eq!(d.stats().crc_mismatch, 500);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!   exactly once: delivered in a frame, reported in a `Discard`, or still
 //!   buffered. Frames are consumed from the front, so every delivered frame is
 //!   the verbatim input at its position.
+//! * The CRC budget changes nothing until it stops the decoder: a decoder with
+//!   a tight budget gives the events of an unlimited one, except that one
+//!   `CrcMismatch` may become a final `ResyncLimit`; its CRC work stays
+//!   below `(factor + 2) × pushed`.
 //! * Arbitrary bytes, commands and deadlines never panic a client or a server
 //!   `Connection`; after it closes it generates no new output, `poll_timeout`
 //!   never lies about ready work or past deadlines, and every request or ping
@@ -24,8 +28,9 @@ use proptest::prelude::*;
 use serde_json::Map;
 use veltix_proto::handshake::{encode_ack, encode_hello};
 use veltix_proto::{
-    CloseReason, Connection, ConnectionConfig, Decoded, Decoder, DecoderConfig, Event, Frame,
-    Header, LocalHello, MessageType, RequestKind, SendError, Side, TypeSet, HEADER_LEN,
+    CloseReason, Connection, ConnectionConfig, Decoded, Decoder, DecoderConfig, Discard,
+    DiscardReason, Event, Frame, Header, LocalHello, MessageType, RequestKind, SendError, Side,
+    TypeSet, HEADER_LEN,
 };
 
 // ------------------------------------------------------------ strategies
@@ -222,6 +227,7 @@ fn check_hostile_input(
         max_buffer_size: SMALL_MAX_BUFFER,
         strict: false,
         accepted_types: accepted.clone(),
+        ..DecoderConfig::default()
     });
     let mut pushed = 0usize;
     // Bytes consumed from the front of the input: delivered or discarded.
@@ -311,6 +317,116 @@ proptest! {
         restrict in any::<bool>(),
     ) {
         check_hostile_input(&data, &sizes, &drains, restrict)?;
+    }
+}
+
+/// A bare header announcing up to 120 payload bytes (the bytes that follow),
+/// with a CRC that almost never matches them: the resync amplifier.
+fn arb_bad_crc_header() -> impl Strategy<Value = Vec<u8>> {
+    (0u32..=120, any::<u32>(), any::<u16>()).prop_map(|(payload_len, crc32, request_id)| {
+        Header {
+            flags: 0,
+            message_type: MessageType(200),
+            payload_len,
+            crc32,
+            request_id,
+        }
+        .to_bytes()
+        .to_vec()
+    })
+}
+
+/// The same input into an unlimited decoder and one with the given budget.
+fn check_budget_is_transparent(
+    data: &[u8],
+    sizes: &[usize],
+    factor: u32,
+    burst: usize,
+) -> Result<(), TestCaseError> {
+    let base = DecoderConfig {
+        max_message_size: SMALL_MAX_MESSAGE,
+        max_buffer_size: SMALL_MAX_BUFFER,
+        ..DecoderConfig::default()
+    };
+    let mut free = Decoder::new(DecoderConfig {
+        resync_budget_burst: usize::MAX,
+        ..base.clone()
+    });
+    let mut tight = Decoder::new(DecoderConfig {
+        resync_budget_factor: factor,
+        resync_budget_burst: burst,
+        ..base
+    });
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    let mut pushed = 0u64;
+    for chunk in chunks_of(data, sizes) {
+        if !tight.is_failed() {
+            pushed += chunk.len() as u64;
+        }
+        free.push(chunk);
+        want.extend(decode_all(&mut free));
+        tight.push(chunk);
+        got.extend(decode_all(&mut tight));
+    }
+    prop_assert!(!free.is_failed());
+    let st = *tight.stats();
+    let stop = got.iter().position(|e| {
+        matches!(
+            e,
+            Decoded::Discarded(Discard {
+                reason: DiscardReason::ResyncLimit,
+                ..
+            })
+        )
+    });
+    match stop {
+        None => {
+            prop_assert!(!tight.is_failed());
+            prop_assert_eq!(&got, &want);
+            prop_assert_eq!(&st, free.stats());
+        }
+        Some(k) => {
+            prop_assert!(tight.is_failed());
+            prop_assert_eq!(k + 1, got.len(), "ResyncLimit is the last event");
+            prop_assert_eq!(&got[..k], &want[..k]);
+            prop_assert!(
+                matches!(
+                    want[k],
+                    Decoded::Discarded(Discard {
+                        reason: DiscardReason::CrcMismatch { .. },
+                        ..
+                    })
+                ),
+                "the stop replaces a CRC mismatch, not {:?}",
+                want[k]
+            );
+            prop_assert_eq!(tight.buffered(), 0);
+            prop_assert_eq!(st.resync_limit, 1);
+            prop_assert_eq!(st.frame_bytes + st.discarded_bytes, pushed);
+        }
+    }
+    prop_assert!(st.crc_bytes <= (u64::from(factor) + 2) * pushed);
+    // Each resync reads at most one byte past what it discards.
+    prop_assert!(st.scan_bytes <= 2 * pushed);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Hostile streams rich in bad-CRC headers, with budgets small enough to
+    /// run out.
+    #[test]
+    fn crc_budget_only_stops_the_decoder(
+        segments in prop::collection::vec(
+            prop_oneof![arb_segment(), arb_bad_crc_header(), arb_bad_crc_header()],
+            0..60,
+        ),
+        sizes in prop::collection::vec(1usize..64, 1..16),
+        factor in 0u32..6,
+        burst in 0usize..1000,
+    ) {
+        check_budget_is_transparent(&segments.concat(), &sizes, factor, burst)?;
     }
 }
 

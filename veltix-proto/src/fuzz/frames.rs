@@ -52,6 +52,7 @@ fn decoder_config(p: [u8; 4]) -> DecoderConfig {
         max_buffer_size,
         strict: flags & 1 != 0,
         accepted_types,
+        ..DecoderConfig::default()
     }
 }
 
@@ -129,8 +130,10 @@ impl<'a> Tracker<'a> {
                     assert!(d.bytes <= at.len(), "discard {d:?} past the input");
                     self.check_discard(at, &d);
                 }
-                if self.config.strict && d.reason.is_corruption() {
-                    assert!(dec.is_failed(), "strict decoder survived {d:?}");
+                if (self.config.strict && d.reason.is_corruption())
+                    || d.reason == DiscardReason::ResyncLimit
+                {
+                    assert!(dec.is_failed(), "decoder survived {d:?}");
                     self.tracking = false;
                 }
                 self.cursor += d.bytes;
@@ -141,6 +144,7 @@ impl<'a> Tracker<'a> {
                     DiscardReason::CrcMismatch { .. } => self.seen.crc_mismatch += 1,
                     DiscardReason::UnknownType(_) => self.seen.unknown_type += 1,
                     DiscardReason::BufferOverflow => self.seen.overflow += 1,
+                    DiscardReason::ResyncLimit => self.seen.resync_limit += 1,
                 }
             }
         }
@@ -179,6 +183,13 @@ impl<'a> Tracker<'a> {
                 assert_eq!(h.crc32, crc32fast::hash(&at[HEADER_LEN..d.bytes]));
             }
             DiscardReason::BufferOverflow => {}
+            DiscardReason::ResyncLimit => {
+                assert!(!self.config.strict, "strict mode has no CRC budget");
+                let h = Header::parse(at).expect("ResyncLimit needs a header");
+                assert!(h.frame_len() <= at.len() && h.frame_len() <= max);
+                assert_ne!(h.crc32, crc32fast::hash(&at[HEADER_LEN..h.frame_len()]));
+                assert_eq!(d.bytes, at.len(), "the whole buffer goes");
+            }
         }
     }
 
@@ -196,12 +207,19 @@ impl<'a> Tracker<'a> {
             "counters disagree with the events"
         );
         assert_eq!(
-            (st.bad_magic, st.oversize, st.crc_mismatch, st.unknown_type),
+            (
+                st.bad_magic,
+                st.oversize,
+                st.crc_mismatch,
+                st.unknown_type,
+                st.resync_limit
+            ),
             (
                 seen.bad_magic,
                 seen.oversize,
                 seen.crc_mismatch,
-                seen.unknown_type
+                seen.unknown_type,
+                seen.resync_limit
             )
         );
         // Overflows that follow each other without a `next_frame` merge into one event.
@@ -210,7 +228,10 @@ impl<'a> Tracker<'a> {
         assert!(buffered <= self.config.max_buffer_size);
         let accounted = st.frame_bytes + st.discarded_bytes + buffered as u64;
         if dec.is_failed() {
-            assert!(self.config.strict, "only a strict decoder fails");
+            assert!(
+                self.config.strict || st.resync_limit == 1,
+                "only a strict decoder or an exhausted CRC budget fails"
+            );
             assert_eq!(buffered, 0, "a failed decoder holds nothing");
             assert!(accounted <= self.pushed as u64);
             return;
@@ -497,6 +518,7 @@ fn chunking(u: &mut Unstructured<'_>, mut frames: Vec<Frame>) -> Result<()> {
         max_buffer_size: DEFAULT_MAX_BUFFER_SIZE.max(stream.len()),
         strict,
         accepted_types: accepted.map(Arc::new),
+        ..DecoderConfig::default()
     };
 
     let mut whole = Decoder::new(config.clone());

@@ -38,6 +38,7 @@ use serde_json::{json, Map, Value};
 use crate::exit::CliError;
 
 mod common;
+mod limit;
 mod std_driver;
 mod tokio_driver;
 
@@ -179,13 +180,15 @@ fn thousands(v: f64) -> String {
     out
 }
 
-/// One measured figure and its raw-TCP counterpart.
+/// One measured figure, its raw-TCP counterpart, and the machine's limit
+/// (batched raw TCP, throughput only).
 struct Metric {
     key: &'static str,
     label: &'static str,
     unit: Unit,
     value: f64,
     raw: Option<f64>,
+    limit: Option<f64>,
 }
 
 /// A scenario's figures (table rows) and counts (JSON only).
@@ -202,6 +205,9 @@ impl Outcome {
             m.insert(x.key.to_owned(), json!(x.value));
             if let Some(r) = x.raw {
                 m.insert(format!("raw_{}", x.key), json!(r));
+            }
+            if let Some(l) = x.limit {
+                m.insert(format!("limit_{}", x.key), json!(l));
             }
         }
         for (k, v) in &self.counts {
@@ -266,6 +272,7 @@ fn latency_outcome(p: &Params, v: Latency, r: Latency) -> Outcome {
         unit: Unit::Micros,
         value: f(&v),
         raw: Some(f(&r)),
+        limit: None,
     };
     Outcome {
         scenario: "latency",
@@ -281,16 +288,36 @@ fn latency_outcome(p: &Params, v: Latency, r: Latency) -> Outcome {
     }
 }
 
+/// Runs the batched raw-TCP limit of a throughput scenario, warm-up first.
+fn limit_flow(
+    p: &Params,
+    progress: &Progress,
+    name: &str,
+    f: fn(&Params) -> Res<Flow>,
+) -> Res<Flow> {
+    for _ in 0..p.warmup.min(1) {
+        progress.step(format!("{name}: warm-up (limit)"));
+        f(p).map_err(|e| format!("{name} warm-up (limit): {e}"))?;
+        progress.done();
+    }
+    progress.step(format!("{name}: limit (batched raw TCP)"));
+    let l = f(p).map_err(|e| format!("{name} (limit): {e}"))?;
+    progress.done();
+    Ok(l)
+}
+
 fn flow_outcome(
     scenario: &'static str,
     v: Flow,
     r: Flow,
+    l: Flow,
     counts: Vec<(&'static str, f64)>,
 ) -> Outcome {
     let mut counts = counts;
     counts.push(("messages", v.messages as f64));
     counts.push(("recv_s", v.recv_secs()));
     counts.push(("raw_recv_s", r.recv_secs()));
+    counts.push(("limit_recv_s", l.recv_secs()));
     Outcome {
         scenario,
         metrics: vec![
@@ -300,6 +327,7 @@ fn flow_outcome(
                 unit: Unit::PerSec,
                 value: v.send_rate(),
                 raw: Some(r.send_rate()),
+                limit: Some(l.send_rate()),
             },
             Metric {
                 key: "recv_msgs_per_s",
@@ -307,6 +335,7 @@ fn flow_outcome(
                 unit: Unit::PerSec,
                 value: v.recv_rate(),
                 raw: Some(r.recv_rate()),
+                limit: Some(l.recv_rate()),
             },
         ],
         counts,
@@ -356,14 +385,17 @@ fn run_scenario(
         }
         Scenario::Burst => {
             let (v, r) = measured(&p, progress, "burst", |raw| bench.burst(&p, raw))?;
-            flow_outcome("burst", v, r, vec![("payload_bytes", p.payload as f64)])
+            let l = limit_flow(&p, progress, "burst", limit::burst)?;
+            flow_outcome("burst", v, r, l, vec![("payload_bytes", p.payload as f64)])
         }
         Scenario::Stress => {
             let (v, r) = measured(&p, progress, "stress", |raw| bench.stress(&p, raw))?;
+            let l = limit_flow(&p, progress, "stress", limit::stress)?;
             let mut o = flow_outcome(
                 "stress",
                 v,
                 r,
+                l,
                 vec![
                     ("clients", p.clients as f64),
                     ("msgs_per_client", p.msgs as f64),
@@ -388,6 +420,7 @@ fn run_scenario(
                     unit: Unit::Bytes,
                     value: v,
                     raw: Some(r),
+                    limit: None,
                 }],
                 counts: vec![("clients", p.idle as f64)],
             }
@@ -400,7 +433,8 @@ fn steps(args: &BenchArgs, list: &[Scenario]) -> u64 {
     list.iter()
         .map(|s| match s {
             Scenario::Memory => 2,
-            _ => 2 * (args.warmup as u64 + 1),
+            Scenario::Latency => 2 * (args.warmup as u64 + 1),
+            _ => 2 * (args.warmup as u64 + 1) + 1 + args.warmup.min(1) as u64,
         })
         .sum()
 }
@@ -420,28 +454,38 @@ fn print_table(args: &BenchArgs, outcomes: &[Outcome]) {
     );
     println!();
     println!(
-        "{:<9} {:<32} {:>16} {:>16} {:>10}",
-        "scenario", "metric", driver, "raw TCP", "vs raw"
+        "{:<9} {:<30} {:>14} {:>14} {:>8} {:>14} {:>9}",
+        "scenario", "metric", driver, "raw TCP", "vs raw", "limit", "vs limit"
     );
+    let pair = |unit: Unit, value: f64, other: Option<f64>| match other {
+        Some(r) if r != 0.0 => (unit.show(r), format!("{:.2}x", value / r)),
+        Some(r) => (unit.show(r), "-".to_owned()),
+        None => ("-".to_owned(), "-".to_owned()),
+    };
     for o in outcomes {
         for m in &o.metrics {
-            let (raw, ratio) = match m.raw {
-                Some(r) if r != 0.0 => (m.unit.show(r), format!("{:.2}x", m.value / r)),
-                Some(r) => (m.unit.show(r), "-".to_owned()),
-                None => ("-".to_owned(), "-".to_owned()),
-            };
+            let (raw, ratio) = pair(m.unit, m.value, m.raw);
+            let (limit, lratio) = pair(m.unit, m.value, m.limit);
             println!(
-                "{:<9} {:<32} {:>16} {:>16} {:>10}",
+                "{:<9} {:<30} {:>14} {:>14} {:>8} {:>14} {:>9}",
                 o.scenario,
                 m.label,
                 m.unit.show(m.value),
                 raw,
-                ratio
+                ratio,
+                limit,
+                lratio
             );
         }
     }
     println!();
-    println!("Rates count to the last arrival; \"vs raw\" is veltix / raw TCP (latency and memory: lower is better).");
+    println!(
+        "Rates count to the last arrival; \"vs raw\" is veltix / raw TCP with one write per frame,"
+    );
+    println!(
+        "\"vs limit\" veltix / raw TCP with 64 KiB batched writes and a CRC-checking reader (the"
+    );
+    println!("machine's limit); latency and memory: lower is better.");
 }
 
 fn run_probe(args: &BenchArgs, probe: Probe) -> Res<Value> {

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Args;
-use veltix_std::{payload, Client, ClientConfig};
+use veltix_proto::{payload, ClientConfig};
 
+use crate::driver::{AnyClient, DriverKind};
 use crate::exit::CliError;
 
 /// A `HOST:PORT` argument (`[::1]:8080` for IPv6).
@@ -89,23 +90,27 @@ pub struct ConnectArgs {
     /// Deadline for the TCP connect plus the Veltix handshake, in seconds.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_positive_secs)]
     pub connect_timeout: Duration,
+    /// Driver to use.
+    #[arg(long, value_enum, default_value_t = DriverKind::Std)]
+    pub driver: DriverKind,
 }
 
 impl ConnectArgs {
-    /// Connects a blocking client (no reconnects) and completes the handshake.
-    pub fn connect(&self) -> Result<Client, CliError> {
+    /// Connects a client (no reconnects) on the chosen driver and completes
+    /// the handshake.
+    pub fn connect(&self) -> Result<AnyClient, CliError> {
         let config = ClientConfig::new(self.target.host.clone(), self.target.port)
             .handshake_timeout(self.connect_timeout)
             .retry(0);
-        let client = Client::new(config).map_err(CliError::from)?;
-        client
-            .connect()
-            .map_err(|e| CliError::connect(e, &self.target.to_string()))?;
-        Ok(client)
+        config
+            .validate()
+            .map_err(|e| CliError::from(veltix_proto::Error::from(e)))?;
+        AnyClient::connect(self.driver, config)
+            .map_err(|e| CliError::connect(e, &self.target.to_string()))
     }
 
     /// The server's address as connected (`127.0.0.1:8080`), else as given.
-    pub fn peer_name(&self, client: &Client) -> String {
+    pub fn peer_name(&self, client: &AnyClient) -> String {
         client
             .peer_addr()
             .map_or_else(|| self.target.to_string(), |a| a.to_string())
@@ -115,9 +120,13 @@ impl ConnectArgs {
 /// The message to send: its type and exactly one payload source.
 #[derive(Debug, Clone, Args)]
 pub struct MessageArgs {
-    /// Message type code (200-9999 for applications, 10000-65535 for plugins).
+    /// Message type code (200-9999 for applications, 10000-65535 for plugins;
+    /// 0-199 belong to the protocol and need `--system`).
     #[arg(long = "type", short = 't', value_name = "T")]
     pub message_type: u16,
+    /// Allow a protocol type (0-199, e.g. 0 = PING): for testing peers only.
+    #[arg(long)]
+    pub system: bool,
     #[command(flatten)]
     pub payload: PayloadArgs,
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use veltix_std::Error;
+use veltix_proto::Error;
 
 use crate::common::secs;
 
@@ -86,9 +86,16 @@ impl CliError {
             Error::Refused(addr) => Self::new(REFUSED, format!("connection refused by {addr}")),
             Error::Resolve(name) => Self::new(REFUSED, format!("cannot resolve {name}")),
             Error::Io(e) => Self::new(REFUSED, format!("cannot connect to {target}: {e}")),
-            Error::TimedOut(d) => Self::new(
+            Error::TimedOut { what, after } => Self::new(
                 TIMEOUT,
-                format!("connecting to {target} timed out after {}", secs(d)),
+                format!(
+                    "connecting to {target} timed out ({}) after {}",
+                    match what {
+                        veltix_proto::Wait::Connect => "TCP connect",
+                        _ => "handshake",
+                    },
+                    secs(after)
+                ),
             ),
             Error::Rejected(reason) => Self::new(
                 REJECTED,
@@ -112,7 +119,7 @@ impl CliError {
     /// A failed `send_and_wait` to `target` (waited `timeout`).
     pub fn request(e: Error, target: &str, timeout: Duration) -> Self {
         match e {
-            Error::Timeout(_) => Self::new(
+            Error::TimedOut { .. } => Self::new(
                 TIMEOUT,
                 format!("no reply from {target} within {}", secs(timeout)),
             ),
@@ -139,7 +146,7 @@ impl From<Error> for CliError {
             Error::Config(_) => USAGE,
             Error::Refused(_) | Error::Resolve(_) => REFUSED,
             Error::Rejected(_) => REJECTED,
-            Error::TimedOut(_) | Error::Timeout(_) => TIMEOUT,
+            Error::TimedOut { .. } => TIMEOUT,
             Error::VersionMismatch(_) | Error::Handshake(_) => PROTOCOL,
             _ => FAILURE,
         };
@@ -157,10 +164,15 @@ mod tests {
         let c = |e| CliError::connect(e, t).code;
         assert_eq!(c(Error::Refused(t.into())), REFUSED);
         assert_eq!(c(Error::Rejected("server_full".into())), REJECTED);
-        assert_eq!(c(Error::TimedOut(Duration::from_secs(1))), TIMEOUT);
+        let timed_out = |what| Error::TimedOut {
+            what,
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(c(timed_out(veltix_proto::Wait::Connect)), TIMEOUT);
+        assert_eq!(c(timed_out(veltix_proto::Wait::Handshake)), TIMEOUT);
         assert_eq!(c(Error::VersionMismatch("2.0".into())), PROTOCOL);
         let e = CliError::request(
-            Error::Timeout(Duration::ZERO),
+            timed_out(veltix_proto::Wait::Request),
             t,
             Duration::from_millis(300),
         );

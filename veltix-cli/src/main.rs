@@ -7,8 +7,9 @@
 //! * `veltix demo`    a server and a client in one process, narrated
 //! * `veltix bench`   load scenarios (see `bench.rs`)
 //!
-//! Everything but `bench` uses the blocking `veltix-std` driver. Exit codes
-//! are listed in [`exit`] and at the end of `veltix --help`.
+//! Every command runs on `veltix-std` by default and on `veltix-tokio` with
+//! `--driver tokio`. Exit codes are listed in [`exit`] and at the end of
+//! `veltix --help`.
 
 use std::process::ExitCode;
 
@@ -17,6 +18,7 @@ use clap::{ArgAction, Parser, Subcommand};
 mod bench;
 mod common;
 mod demo;
+mod driver;
 mod exit;
 mod message;
 mod ping;

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use veltix_std::MessageType;
+use veltix_proto::MessageType;
 
 use crate::common::{hex, millis, parse_positive_secs, ConnectArgs, MessageArgs};
 use crate::exit::CliError;
@@ -33,15 +33,35 @@ pub struct RequestArgs {
     pub raw: bool,
 }
 
+/// The message type, refusing the protocol's range unless `--system`.
+fn message_type(m: &MessageArgs, allow_system: bool) -> Result<MessageType, CliError> {
+    let t = MessageType::new(m.message_type);
+    if t.is_system() && !(m.system && allow_system) {
+        return Err(CliError::usage(if allow_system {
+            format!("type {t} is reserved for the protocol (0-199); add --system to send it anyway")
+        } else {
+            format!("type {t} is reserved for the protocol (0-199); requests use 200 and above")
+        }));
+    }
+    Ok(t)
+}
+
+/// How long `send` may wait for room in the outbound queue.
+const SEND_WAIT: Duration = Duration::from_secs(30);
+
 /// Connects, sends one message, flushes it and disconnects.
 pub fn send(args: &SendArgs) -> Result<(), CliError> {
     let payload = args.message.payload.bytes()?;
-    let t = MessageType::new(args.message.message_type);
+    let t = message_type(&args.message, true)?;
     let client = args.connect.connect()?;
     let peer = args.connect.peer_name(&client);
     let size = payload.len();
-    let sent = client.send(t, payload);
-    // Flushes what is queued, then closes.
+    let sent = if t.is_system() {
+        client.send_system(t, payload)
+    } else {
+        client.send(t, payload, Some(SEND_WAIT))
+    };
+    // Flushes what is queued (within the flush deadline), then closes.
     client.disconnect();
     let id = sent.map_err(|e| CliError::from(e).context(format_args!("send to {peer} failed")))?;
     println!("sent to {peer}: type={t} id={id} size={size}");
@@ -51,11 +71,11 @@ pub fn send(args: &SendArgs) -> Result<(), CliError> {
 /// Connects, sends a request and prints the reply.
 pub fn request(args: &RequestArgs) -> Result<(), CliError> {
     let payload = args.message.payload.bytes()?;
-    let t = MessageType::new(args.message.message_type);
+    let t = message_type(&args.message, false)?;
     let client = args.connect.connect()?;
     let peer = args.connect.peer_name(&client);
     let started = Instant::now();
-    let reply = client.send_and_wait(t, payload, Some(args.timeout));
+    let reply = client.request(t, payload, Some(args.timeout));
     let rtt = started.elapsed();
     client.disconnect();
     let reply = reply.map_err(|e| CliError::request(e, &peer, args.timeout))?;

@@ -3,8 +3,8 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
+use crate::driver::AnyClient;
 use clap::Args;
-use veltix_std::Client;
 
 use crate::common::{millis, parse_positive_secs, parse_secs, stop_channel, ConnectArgs};
 use crate::exit::{CliError, FAILURE, TIMEOUT};
@@ -96,7 +96,7 @@ pub fn run(args: &PingArgs) -> Result<(), CliError> {
 
 fn ping_loop(
     args: &PingArgs,
-    client: &Client,
+    client: &AnyClient,
     peer: &str,
     stop: &std::sync::mpsc::Receiver<()>,
 ) -> Result<(), CliError> {
@@ -106,7 +106,7 @@ fn ping_loop(
     let mut stats = RttStats::default();
     let mut lost_connection = false;
     for seq in 1.. {
-        let rtt = client.ping_server(Some(args.timeout));
+        let rtt = client.ping(Some(args.timeout)).ok();
         stats.record(rtt);
         match rtt {
             Some(d) => println!("reply from {peer}: seq={seq} time={} ms", millis(d)),

@@ -663,7 +663,7 @@ def attack_fd_exhaustion(ctx):
                 time.sleep(0.1)
         res.fig("recovery", took, "{:.2f}s")
         res.check(took is not None, f"no new client got an echo within 5 s after the close ({err})")
-        if took is None:  # for the record: does it recover at all (up to 10 s)?
+        if took is None and not ctx.quick:  # for the record: does it recover at all (up to 10 s)?
             while time.monotonic() - t0 < 10.0:
                 try:
                     legit_once(srv.port, timeout=1.0)
@@ -739,7 +739,7 @@ def attack_shutdown_nonreader(ctx):
         w.finish(2)
         srv.stop()
     res.rss(srv, RSS_BOUND_MIB)
-    if srv.proc.returncode not in (0, -signal.SIGKILL) and "exited" in res.figures and res.figures["exited"] != "no":
+    if res.figures.get("exited", "no") != "no":
         res.fig("status", srv.proc.returncode)
     return res
 

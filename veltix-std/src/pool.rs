@@ -1,20 +1,37 @@
-//! The callback pool: `max_workers` threads running per-connection mailboxes.
+//! The callback pool: `max_workers` threads serving per-peer mailboxes.
 //!
-//! Each connection owns a [`Mailbox`]: jobs posted to it run one after the
-//! other, in order, on whichever worker picks the mailbox up, so callbacks of
-//! one peer are serial while different peers run in parallel. A mailbox holds
-//! at most [`MAILBOX_CAP`] jobs; posting to a full one blocks the poster (the
-//! connection's reader), which stops reading and lets TCP push back on the peer.
+//! Each peer (each server connection, or the client's session) owns a
+//! [`Mailbox`]: jobs posted to it run one after the other, in order, on
+//! whichever worker picks the mailbox up, so callbacks of one peer are serial
+//! while different peers run in parallel.
+//!
+//! **Fairness.** A worker runs at most [`JOBS_PER_TURN`] jobs of one mailbox,
+//! then puts the mailbox back at the end of the ready queue: N peers flooding
+//! the server cannot starve the N+1th.
+//!
+//! **Bounds.** A mailbox counts its queued jobs in bytes (payload + 64 per
+//! job). Posting never blocks: the I/O thread asks [`Mailbox::has_room`]
+//! before it takes more of that peer's events from the core, and the mailbox
+//! calls its `on_room` hook (which wakes the I/O thread) when it drains back
+//! under its cap.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-/// Jobs a mailbox holds before its poster blocks.
-pub(crate) const MAILBOX_CAP: usize = 256;
+/// Jobs of one mailbox a worker runs before serving the next mailbox.
+pub(crate) const JOBS_PER_TURN: usize = 16;
 
+/// Fixed cost of one job in a mailbox's byte count.
+pub(crate) const JOB_OVERHEAD: usize = 64;
+
+/// Default cap of a mailbox, in bytes.
+pub(crate) const MAILBOX_BYTES: usize = 1024 * 1024;
+
+/// A callback invocation.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Locks a mutex, ignoring poisoning: every critical section in this crate
@@ -23,37 +40,85 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-pub(crate) fn wait<'a, T>(cv: &Condvar, g: MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-    cv.wait(g).unwrap_or_else(PoisonError::into_inner)
+/// Waits on `cv` until `deadline` (or a notification); `None` waits without limit.
+pub(crate) fn wait_until<'a, T>(
+    cv: &Condvar,
+    g: MutexGuard<'a, T>,
+    deadline: Option<Instant>,
+) -> MutexGuard<'a, T> {
+    match deadline {
+        None => cv.wait(g).unwrap_or_else(PoisonError::into_inner),
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            cv.wait_timeout(g, left.max(Duration::from_micros(1)))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0
+        }
+    }
+}
+
+/// Whether a job carries an application message (dropped on a local
+/// teardown) or a lifecycle report (always run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Message,
+    Lifecycle,
+}
+
+struct Queued {
+    job: Job,
+    cost: usize,
+    kind: Kind,
 }
 
 #[derive(Default)]
 struct MailboxState {
-    jobs: VecDeque<Job>,
+    jobs: VecDeque<Queued>,
+    bytes: usize,
     /// Queued on the pool or being run by a worker.
     scheduled: bool,
-    closed: bool,
+    /// Went over the cap; call `on_room` when back under it.
+    over: bool,
 }
 
-/// The serial job queue of one connection.
-#[derive(Default)]
+/// The serial job queue of one peer.
 pub(crate) struct Mailbox {
     state: Mutex<MailboxState>,
-    space: Condvar,
+    cap: usize,
+    on_room: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Mailbox {
-    /// Posts a job; blocks while the mailbox is full. Jobs posted after
-    /// `close` are dropped.
-    pub(crate) fn post(self: &Arc<Self>, pool: &Pool, job: Job) {
+    /// A mailbox of `cap` bytes; `on_room` runs (on a worker) when it
+    /// drains back under the cap after it was over.
+    pub(crate) fn new(cap: usize, on_room: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(Mailbox {
+            state: Mutex::new(MailboxState::default()),
+            cap,
+            on_room: Box::new(on_room),
+        })
+    }
+
+    /// Whether the mailbox is under its cap.
+    pub(crate) fn has_room(&self) -> bool {
         let mut st = lock(&self.state);
-        while st.jobs.len() >= MAILBOX_CAP && !st.closed {
-            st = wait(&self.space, st);
+        let room = st.bytes < self.cap;
+        if !room {
+            st.over = true;
         }
-        if st.closed {
-            return;
+        room
+    }
+
+    /// Posts a job costing `payload` bytes. Never blocks; the caller checks
+    /// [`has_room`](Self::has_room) first.
+    pub(crate) fn post(self: &Arc<Self>, pool: &Pool, kind: Kind, payload: usize, job: Job) {
+        let cost = payload + JOB_OVERHEAD;
+        let mut st = lock(&self.state);
+        st.jobs.push_back(Queued { job, cost, kind });
+        st.bytes += cost;
+        if st.bytes >= self.cap {
+            st.over = true;
         }
-        st.jobs.push_back(job);
         if !st.scheduled {
             st.scheduled = true;
             drop(st);
@@ -61,30 +126,57 @@ impl Mailbox {
         }
     }
 
-    /// Stops accepting jobs (those queued still run) and wakes blocked posters.
-    pub(crate) fn close(&self) {
-        lock(&self.state).closed = true;
-        self.space.notify_all();
+    /// Drops the queued message jobs (not the lifecycle ones); returns how many.
+    pub(crate) fn discard_messages(&self) -> usize {
+        let mut st = lock(&self.state);
+        let before = st.jobs.len();
+        let mut freed = 0;
+        st.jobs.retain(|q| {
+            let keep = q.kind == Kind::Lifecycle;
+            if !keep {
+                freed += q.cost;
+            }
+            keep
+        });
+        st.bytes -= freed;
+        before - st.jobs.len()
     }
 
-    /// Runs queued jobs until the mailbox is empty.
-    fn run(&self, panics: &AtomicU64) {
-        loop {
-            let job = {
+    /// Runs at most `max` jobs; `true` if more are queued (the mailbox
+    /// stays scheduled and must be re-queued).
+    fn run(&self, max: usize, panics: &AtomicU64) -> bool {
+        for _ in 0..max {
+            let (job, room) = {
                 let mut st = lock(&self.state);
                 match st.jobs.pop_front() {
-                    Some(j) => j,
+                    Some(q) => {
+                        st.bytes -= q.cost;
+                        let room = st.over && st.bytes < self.cap;
+                        if room {
+                            st.over = false;
+                        }
+                        (q.job, room)
+                    }
                     None => {
                         st.scheduled = false;
-                        return;
+                        return false;
                     }
                 }
             };
-            self.space.notify_one();
+            if room {
+                (self.on_room)();
+            }
             if catch_unwind(AssertUnwindSafe(job)).is_err() {
                 panics.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("a callback panicked; the connection goes on");
             }
+        }
+        let mut st = lock(&self.state);
+        if st.jobs.is_empty() {
+            st.scheduled = false;
+            false
+        } else {
+            true
         }
     }
 }
@@ -98,24 +190,7 @@ struct PoolState {
 struct PoolShared {
     state: Mutex<PoolState>,
     cv: Condvar,
-    panics: Arc<AtomicU64>,
-}
-
-/// Runs user callbacks one at a time, catching and counting panics, so one
-/// failing callback never takes the others (or the connection) down.
-#[derive(Clone)]
-pub(crate) struct Guard(Arc<AtomicU64>);
-
-impl Guard {
-    pub(crate) fn call(&self, what: &str, f: impl FnOnce()) {
-        if catch_unwind(AssertUnwindSafe(f)).is_err() {
-            self.0.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                callback = what,
-                "a callback panicked; the connection goes on"
-            );
-        }
-    }
+    panics: AtomicU64,
 }
 
 /// A fixed set of worker threads.
@@ -125,25 +200,34 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
+    /// Starts `workers` threads (at least one).
+    ///
+    /// # Errors
+    /// When a thread cannot be spawned (the ones started are stopped).
     pub(crate) fn new(workers: usize, name: &str) -> std::io::Result<Pool> {
         let shared = Arc::new(PoolShared {
             state: Mutex::new(PoolState::default()),
             cv: Condvar::new(),
-            panics: Arc::new(AtomicU64::new(0)),
+            panics: AtomicU64::new(0),
         });
-        let mut handles = Vec::with_capacity(workers);
-        for i in 0..workers.max(1) {
-            let s = shared.clone();
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("{name}-worker-{i}"))
-                    .spawn(move || worker(&s))?,
-            );
-        }
-        Ok(Pool {
+        let pool = Pool {
             shared,
-            workers: Mutex::new(handles),
-        })
+            workers: Mutex::new(Vec::with_capacity(workers)),
+        };
+        for i in 0..workers.max(1) {
+            let s = pool.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("{name}-worker-{i}"))
+                .spawn(move || worker(&s));
+            match spawned {
+                Ok(h) => lock(&pool.workers).push(h),
+                Err(e) => {
+                    pool.shutdown();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pool)
     }
 
     fn schedule(&self, mb: Arc<Mailbox>) {
@@ -151,12 +235,8 @@ impl Pool {
         self.shared.cv.notify_one();
     }
 
-    /// A guard counting into this pool's panic counter.
-    pub(crate) fn guard(&self) -> Guard {
-        Guard(self.shared.panics.clone())
-    }
-
     /// Callbacks that panicked so far.
+    #[allow(dead_code)]
     pub(crate) fn panics(&self) -> u64 {
         self.shared.panics.load(Ordering::Relaxed)
     }
@@ -167,11 +247,20 @@ impl Pool {
         lock(&self.shared.state).stop = true;
         self.shared.cv.notify_all();
         let me = std::thread::current().id();
-        for h in lock(&self.workers).drain(..) {
+        let handles: Vec<_> = lock(&self.workers).drain(..).collect();
+        for h in handles {
             if h.thread().id() != me {
                 let _ = h.join();
             }
         }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Workers finish what is queued and exit; nobody waits for them here.
+        lock(&self.shared.state).stop = true;
+        self.shared.cv.notify_all();
     }
 }
 
@@ -186,27 +275,33 @@ fn worker(shared: &PoolShared) {
                 if st.stop {
                     return;
                 }
-                st = wait(&shared.cv, st);
+                st = shared.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        mb.run(&shared.panics);
+        if mb.run(JOBS_PER_TURN, &shared.panics) {
+            // More queued: back of the line, behind the other peers.
+            lock(&shared.state).ready.push_back(mb);
+            shared.cv.notify_one();
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     #[test]
     fn jobs_of_one_mailbox_run_in_order_and_panics_are_contained() {
         let pool = Pool::new(4, "t").unwrap();
-        let mb = Arc::new(Mailbox::default());
+        let mb = Mailbox::new(MAILBOX_BYTES, || {});
         let seen = Arc::new(Mutex::new(Vec::new()));
         for i in 0..1000 {
             let seen = seen.clone();
             mb.post(
                 &pool,
+                Kind::Message,
+                0,
                 Box::new(move || {
                     if i == 500 {
                         panic!("callback bug");
@@ -217,12 +312,76 @@ mod tests {
         }
         let done = Arc::new(AtomicUsize::new(0));
         let d = done.clone();
-        mb.post(&pool, Box::new(move || d.store(1, Ordering::SeqCst)));
+        mb.post(
+            &pool,
+            Kind::Lifecycle,
+            0,
+            Box::new(move || d.store(1, Ordering::SeqCst)),
+        );
         pool.shutdown();
         assert_eq!(done.load(Ordering::SeqCst), 1);
         let seen = lock(&seen);
         let want: Vec<i32> = (0..1000).filter(|&i| i != 500).collect();
         assert_eq!(*seen, want);
         assert_eq!(pool.panics(), 1);
+    }
+
+    #[test]
+    fn a_flooded_mailbox_does_not_starve_another() {
+        let pool = Pool::new(1, "t").unwrap();
+        let flood = Mailbox::new(usize::MAX, || {});
+        let ran = Arc::new(AtomicUsize::new(0));
+        let other_done = Arc::new(AtomicBool::new(false));
+        let at = Arc::new(AtomicUsize::new(usize::MAX));
+        for _ in 0..10_000 {
+            let r = ran.clone();
+            flood.post(
+                &pool,
+                Kind::Message,
+                0,
+                Box::new(move || {
+                    r.fetch_add(1, Ordering::SeqCst);
+                }),
+            );
+        }
+        let other = Mailbox::new(usize::MAX, || {});
+        let (r, o, a) = (ran.clone(), other_done.clone(), at.clone());
+        other.post(
+            &pool,
+            Kind::Message,
+            0,
+            Box::new(move || {
+                a.store(r.load(Ordering::SeqCst), Ordering::SeqCst);
+                o.store(true, Ordering::SeqCst);
+            }),
+        );
+        pool.shutdown();
+        assert!(other_done.load(Ordering::SeqCst));
+        assert!(at.load(Ordering::SeqCst) <= 2 * JOBS_PER_TURN);
+    }
+
+    #[test]
+    fn byte_cap_reports_room_once_drained() {
+        let pool = Pool::new(1, "t").unwrap();
+        let rooms = Arc::new(AtomicUsize::new(0));
+        let r = rooms.clone();
+        let mb = Mailbox::new(1000, move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        });
+        let gate = Arc::new(Mutex::new(()));
+        let held = lock(&gate);
+        let g = gate.clone();
+        mb.post(
+            &pool,
+            Kind::Message,
+            500,
+            Box::new(move || drop(lock(&g))),
+        );
+        mb.post(&pool, Kind::Message, 500, Box::new(|| {}));
+        assert!(!mb.has_room());
+        drop(held);
+        pool.shutdown();
+        assert!(mb.has_room());
+        assert_eq!(rooms.load(Ordering::SeqCst), 1);
     }
 }

@@ -136,6 +136,8 @@ impl std::fmt::Debug for Server {
 pub struct Peer {
     id: PeerId,
     addr: SocketAddr,
+    /// The hello seen when the handle was made (kept after the peer left).
+    hello: Option<Arc<PeerHello>>,
     server: Weak<Shared>,
 }
 
@@ -190,9 +192,12 @@ impl Peer {
     pub fn handshake_done(&self) -> bool {
         self.with_hub(|h| h.is_connected(self.id)).unwrap_or(false)
     }
-    /// Its hello (`v`, `pv`, `meta`), while connected.
+    /// Its hello (`v`, `pv`, `meta`): once it connected (still known after
+    /// it left, for handles made while it was connected).
     pub fn hello(&self) -> Option<PeerHello> {
-        self.with_hub(|h| h.peer_hello(self.id).cloned()).flatten()
+        self.with_hub(|h| h.peer_hello(self.id).cloned())
+            .flatten()
+            .or_else(|| self.hello.as_deref().cloned())
     }
     /// Counters of its connection (frames, bytes, counted drops), while open.
     pub fn stats(&self) -> Option<ConnectionStats> {
@@ -386,6 +391,7 @@ impl Server {
         g.addrs.get(&id).map(|&addr| Peer {
             id,
             addr,
+            hello: g.hub.peer_hello(id).cloned().map(Arc::new),
             server: Arc::downgrade(&self.0),
         })
     }
@@ -1102,11 +1108,12 @@ impl IoLoop {
         }
         while let Some((peer, ev)) = g.hub.poll_event() {
             match ev {
-                HubEvent::Connected(_) => {
+                HubEvent::Connected(hello) => {
                     let Some(&addr) = g.addrs.get(&peer) else { continue };
                     let handle = Peer {
                         id: peer,
                         addr,
+                        hello: Some(Arc::new(hello)),
                         server: Arc::downgrade(&self.shared),
                     };
                     let waker = self.waker.clone();

@@ -83,22 +83,23 @@ impl EchoServer {
         for t in [ECHO, JSON] {
             let got = got.clone();
             let panics = panics.clone();
-            server.route(t, move |server, client, msg| {
-                let _count = PanicCount(&panics);
-                got.lock().unwrap().push(Got {
-                    client: client.id(),
-                    message_type: msg.message_type,
-                    request_id: msg.request_id,
-                    payload: msg.payload.to_vec(),
-                });
-                let reply = if msg.message_type == JSON {
-                    payload::json(&msg.json::<Value>().unwrap()).unwrap()
-                } else {
-                    msg.payload.clone()
-                };
-                server.reply(client, &msg, msg.message_type, reply).unwrap();
-            })
-            .unwrap();
+            server
+                .route(t, move |server, client, msg| {
+                    let _count = PanicCount(&panics);
+                    got.lock().unwrap().push(Got {
+                        client: client.id(),
+                        message_type: msg.message_type,
+                        request_id: msg.request_id,
+                        payload: msg.payload.to_vec(),
+                    });
+                    let reply = if msg.message_type == JSON {
+                        payload::json(&msg.json::<Value>().unwrap()).unwrap()
+                    } else {
+                        msg.payload.clone()
+                    };
+                    server.reply(client, &msg, msg.message_type, reply).unwrap();
+                })
+                .unwrap();
         }
         let (tx, connected) = mpsc::channel();
         let tx = Mutex::new(tx);
@@ -230,9 +231,7 @@ fn rust_server_send_and_wait_and_ping_python_client() {
     peer.expect_event("connected", T);
     let client = srv.next_client();
 
-    let rtt = srv
-        .server
-        .ping(&client, Some(Duration::from_secs(5)));
+    let rtt = srv.server.ping(&client, Some(Duration::from_secs(5)));
     assert!(rtt.is_ok(), "ping on a Python client: {rtt:?}");
     let mut ids = Vec::new();
     for spec in SPECS {
@@ -588,21 +587,22 @@ fn python_server_send_and_wait_and_ping_rust_client() {
     let got = Arc::new(Mutex::new(Vec::<Got>::new()));
     for t in [ECHO, JSON] {
         let got = got.clone();
-        client.route(t, move |c, msg| {
-            got.lock().unwrap().push(Got {
-                client: 0,
-                message_type: msg.message_type,
-                request_id: msg.request_id,
-                payload: msg.payload.to_vec(),
-            });
-            let reply = if msg.message_type == JSON {
-                payload::json(&msg.json::<Value>().unwrap()).unwrap()
-            } else {
-                msg.payload.clone()
-            };
-            c.reply(&msg, msg.message_type, reply).unwrap();
-        })
-        .unwrap();
+        client
+            .route(t, move |c, msg| {
+                got.lock().unwrap().push(Got {
+                    client: 0,
+                    message_type: msg.message_type,
+                    request_id: msg.request_id,
+                    payload: msg.payload.to_vec(),
+                });
+                let reply = if msg.message_type == JSON {
+                    payload::json(&msg.json::<Value>().unwrap()).unwrap()
+                } else {
+                    msg.payload.clone()
+                };
+                c.reply(&msg, msg.message_type, reply).unwrap();
+            })
+            .unwrap();
     }
     client.connect().unwrap();
     let done = server.expect_event("push_done", T);

@@ -419,7 +419,16 @@ fn pending_waiters_fail_with_the_close_reason_and_timeouts_are_typed() {
     let err = c
         .request(T, "?", Some(Duration::from_millis(150)))
         .unwrap_err();
-    assert!(matches!(err, Error::TimedOut { what: Wait::Request, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::TimedOut {
+                what: Wait::Request,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let c2 = c.clone();
     let waiter = std::thread::spawn(move || c2.request(T, "?", SECS5));
     std::thread::sleep(Duration::from_millis(100));
@@ -644,18 +653,41 @@ fn a_blocked_handler_does_not_stall_deadlines_or_disconnect() {
     std::thread::sleep(Duration::from_millis(500));
     let second = Duration::from_secs(1);
     let t0 = Instant::now();
-    let err = c.request(MessageType::new(201), "q", Some(second)).unwrap_err();
+    let err = c
+        .request(MessageType::new(201), "q", Some(second))
+        .unwrap_err();
     let took = t0.elapsed();
     assert!(
-        matches!(err, Error::TimedOut { what: Wait::Request, .. }),
+        matches!(
+            err,
+            Error::TimedOut {
+                what: Wait::Request,
+                ..
+            }
+        ),
         "{err}"
     );
-    assert!(took >= second && took <= second + second / 10, "request took {took:?}");
+    assert!(
+        took >= second && took <= second + second / 10,
+        "request took {took:?}"
+    );
     let t0 = Instant::now();
     let err = c.ping(Some(second)).unwrap_err();
     let took = t0.elapsed();
-    assert!(matches!(err, Error::TimedOut { what: Wait::Ping, .. }), "{err}");
-    assert!(took >= second && took <= second + second / 10, "ping took {took:?}");
+    assert!(
+        matches!(
+            err,
+            Error::TimedOut {
+                what: Wait::Ping,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        took >= second && took <= second + second / 10,
+        "ping took {took:?}"
+    );
     let t0 = Instant::now();
     assert!(c.disconnect());
     let took = t0.elapsed();
@@ -704,7 +736,9 @@ fn flooding_clients_do_not_starve_a_legitimate_one() {
         .collect();
     let legit = Client::new(client_for(addr)).unwrap();
     legit.connect().unwrap();
-    assert!(wait_until(Duration::from_secs(5), || flooded.load(Ordering::Relaxed) > 500));
+    assert!(wait_until(Duration::from_secs(5), || flooded
+        .load(Ordering::Relaxed)
+        > 500));
     for i in 0..5 {
         let t0 = Instant::now();
         let reply = legit

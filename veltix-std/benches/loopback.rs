@@ -243,10 +243,11 @@ fn burst_veltix() -> Burst {
     let (server, port) = local_server(ServerConfig::new("127.0.0.1", 0));
     {
         let a = arrivals.clone();
-        server.route(WARMUP_TYPE, move |_, _, _| {
-            a.warmup.fetch_add(1, Ordering::Relaxed);
-        })
-        .expect("route");
+        server
+            .route(WARMUP_TYPE, move |_, _, _| {
+                a.warmup.fetch_add(1, Ordering::Relaxed);
+            })
+            .expect("route");
         let a = arrivals.clone();
         let (common, last) = (payload.clone(), last.clone());
         server.on_recv(move |_, _, msg| {

@@ -669,9 +669,7 @@ impl ClientIo {
         // Read.
         if let Some(c) = self.conn.as_mut().filter(|c| !c.dialing && c.readable) {
             for _ in 0..io::READS_PER_PASS {
-                if !g.session.wants_input()
-                    || !(self.held.is_empty() && self.mailbox.has_room())
-                {
+                if !(g.session.wants_input() && self.held.is_empty() && self.mailbox.has_room()) {
                     break;
                 }
                 match io::read1(&mut c.stream, &mut self.buf) {
@@ -723,7 +721,9 @@ impl ClientIo {
                                 interest: Some(Interest::READABLE | Interest::WRITABLE),
                             });
                         }
-                        Err(e) => g.session.handle_dial_failed(now, dial.transport, Error::Io(e)),
+                        Err(e) => g
+                            .session
+                            .handle_dial_failed(now, dial.transport, Error::Io(e)),
                     }
                 }
                 Err(e) => g.session.handle_dial_failed(now, dial.transport, e),
@@ -768,7 +768,13 @@ impl ClientIo {
             } else {
                 io::interest(read_ok, !c.pending.is_empty())
             };
-            io::set_interest(self.poll.registry(), &mut c.stream, CONN, &mut c.interest, want);
+            io::set_interest(
+                self.poll.registry(),
+                &mut c.stream,
+                CONN,
+                &mut c.interest,
+                want,
+            );
         }
         let busy = read_ok && self.conn.as_ref().is_some_and(|c| !c.dialing && c.readable);
         let deadline = g.session.poll_timeout();
@@ -867,7 +873,11 @@ impl ClientIo {
                 }
                 SessionEvent::GaveUp(e) => {
                     tracing::debug!(error = %e, "gave up connecting");
-                    self.enqueue(Kind::Lifecycle, 0, Box::new(move || client.set_outcome(Err(e))));
+                    self.enqueue(
+                        Kind::Lifecycle,
+                        0,
+                        Box::new(move || client.set_outcome(Err(e))),
+                    );
                 }
                 ev @ SessionEvent::Completed { .. } => notify |= complete(g, ev),
                 _ => {}

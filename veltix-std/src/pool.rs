@@ -371,12 +371,7 @@ mod tests {
         let gate = Arc::new(Mutex::new(()));
         let held = lock(&gate);
         let g = gate.clone();
-        mb.post(
-            &pool,
-            Kind::Message,
-            500,
-            Box::new(move || drop(lock(&g))),
-        );
+        mb.post(&pool, Kind::Message, 500, Box::new(move || drop(lock(&g))));
         mb.post(&pool, Kind::Message, 500, Box::new(|| {}));
         assert!(!mb.has_room());
         drop(held);

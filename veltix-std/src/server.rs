@@ -328,10 +328,7 @@ impl Server {
     /// or a thread that cannot be spawned).
     pub fn start(&self) -> Result<(), Error> {
         let mut ctl = lock(&self.0.control);
-        if matches!(
-            self.core().phase,
-            Phase::Running | Phase::Stopping { .. }
-        ) {
+        if matches!(self.core().phase, Phase::Running | Phase::Stopping { .. }) {
             return Err(Error::AlreadyRunning);
         }
         if let Some(h) = ctl.io.take() {
@@ -531,7 +528,13 @@ impl Server {
         let id = g.hub.request(peer.id, now, t, payload, timeout)?;
         g.waiting.insert((peer.id, id), None);
         g.wake();
-        match self.wait_outcome(g, (peer.id, id), Wait::Request, timeout, now + timeout + WAIT_MARGIN)? {
+        match self.wait_outcome(
+            g,
+            (peer.id, id),
+            Wait::Request,
+            timeout,
+            now + timeout + WAIT_MARGIN,
+        )? {
             Reply::Frame(f) => Ok(f),
             _ => Err(Error::Closed(veltix_proto::CloseReason::Local)),
         }
@@ -549,13 +552,24 @@ impl Server {
         let id = g.hub.ping(peer.id, now, timeout)?;
         g.waiting.insert((peer.id, id), None);
         g.wake();
-        match self.wait_outcome(g, (peer.id, id), Wait::Ping, timeout, now + timeout + WAIT_MARGIN)? {
+        match self.wait_outcome(
+            g,
+            (peer.id, id),
+            Wait::Ping,
+            timeout,
+            now + timeout + WAIT_MARGIN,
+        )? {
             Reply::Pong(rtt) => Ok(rtt),
             _ => Err(Error::Closed(veltix_proto::CloseReason::Local)),
         }
     }
 
-    fn broadcast_target(&self, t: MessageType, payload: &[u8], target: Target<'_>) -> Result<usize, Error> {
+    fn broadcast_target(
+        &self,
+        t: MessageType,
+        payload: &[u8],
+        target: Target<'_>,
+    ) -> Result<usize, Error> {
         let mut g = self.core();
         let b = g.hub.broadcast(t, payload, target)?;
         if b.sent > 0 {
@@ -592,7 +606,12 @@ impl Server {
     ///
     /// # Errors
     /// As [`broadcast`](Self::broadcast).
-    pub fn broadcast_to(&self, t: MessageType, payload: &[u8], peers: &[Peer]) -> Result<usize, Error> {
+    pub fn broadcast_to(
+        &self,
+        t: MessageType,
+        payload: &[u8],
+        peers: &[Peer],
+    ) -> Result<usize, Error> {
         let ids: Vec<PeerId> = peers.iter().map(|p| p.id).collect();
         self.broadcast_target(t, payload, Target::Only(&ids))
     }
@@ -637,7 +656,9 @@ impl Server {
                 if g.phase == Phase::Running {
                     let now = Instant::now();
                     g.phase = Phase::Stopping {
-                        until: now.checked_add(flush).unwrap_or(now + Duration::from_secs(86_400)),
+                        until: now
+                            .checked_add(flush)
+                            .unwrap_or(now + Duration::from_secs(86_400)),
                     };
                     let n = g.hub.close_all(now);
                     tracing::info!(peers = n, "server shutting down");
@@ -813,7 +834,11 @@ impl IoLoop {
 
     fn run(&mut self) {
         if let Some(l) = self.listener.as_mut() {
-            match self.poll.registry().register(l, LISTENER, Interest::READABLE) {
+            match self
+                .poll
+                .registry()
+                .register(l, LISTENER, Interest::READABLE)
+            {
                 Ok(()) => self.listener_registered = true,
                 Err(e) => tracing::error!(error = %e, "cannot register the listener"),
             }
@@ -873,7 +898,12 @@ impl IoLoop {
             if now >= until {
                 self.paused_until = None;
                 if let Some(l) = self.listener.as_mut() {
-                    if self.poll.registry().register(l, LISTENER, Interest::READABLE).is_ok() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(l, LISTENER, Interest::READABLE)
+                        .is_ok()
+                    {
                         self.listener_registered = true;
                     }
                 }
@@ -935,11 +965,19 @@ impl IoLoop {
         // Interest.
         let dirty: Vec<Token> = self.dirty.drain().collect();
         for t in dirty {
-            let Some(s) = self.socks.get_mut(&t) else { continue };
+            let Some(s) = self.socks.get_mut(&t) else {
+                continue;
+            };
             let read = g.hub.wants_input(s.peer)
                 && self.dispatch.get(&s.peer).is_none_or(Dispatch::can_take);
             let want = io::interest(read, !s.pending.is_empty());
-            io::set_interest(self.poll.registry(), &mut s.stream, t, &mut s.interest, want);
+            io::set_interest(
+                self.poll.registry(),
+                &mut s.stream,
+                t,
+                &mut s.interest,
+                want,
+            );
         }
 
         if notify {
@@ -1048,8 +1086,7 @@ impl IoLoop {
         };
         let peer = s.peer;
         for _ in 0..io::READS_PER_PASS {
-            if !g.hub.wants_input(peer)
-                || !self.dispatch.get(&peer).is_none_or(Dispatch::can_take)
+            if !g.hub.wants_input(peer) || !self.dispatch.get(&peer).is_none_or(Dispatch::can_take)
             {
                 // Stays in `to_read` while readable: resumed when allowed.
                 self.dirty.insert(t);
@@ -1109,7 +1146,9 @@ impl IoLoop {
         while let Some((peer, ev)) = g.hub.poll_event() {
             match ev {
                 HubEvent::Connected(hello) => {
-                    let Some(&addr) = g.addrs.get(&peer) else { continue };
+                    let Some(&addr) = g.addrs.get(&peer) else {
+                        continue;
+                    };
                     let handle = Peer {
                         id: peer,
                         addr,
@@ -1145,7 +1184,9 @@ impl IoLoop {
                     );
                 }
                 HubEvent::Message(f) => {
-                    let Some(d) = self.dispatch.get(&peer) else { continue };
+                    let Some(d) = self.dispatch.get(&peer) else {
+                        continue;
+                    };
                     let shared = self.shared.clone();
                     let p = d.peer.clone();
                     let len = f.payload.len();
@@ -1163,7 +1204,9 @@ impl IoLoop {
                     );
                 }
                 HubEvent::Disconnected(reason) => {
-                    let Some(d) = self.dispatch.get_mut(&peer) else { continue };
+                    let Some(d) = self.dispatch.get_mut(&peer) else {
+                        continue;
+                    };
                     tracing::debug!(%peer, %reason, "peer disconnected");
                     d.closed = true;
                     let shared = self.shared.clone();
@@ -1208,7 +1251,9 @@ impl IoLoop {
     }
 
     fn enqueue(&mut self, peer: PeerId, kind: Kind, len: usize, job: Job) {
-        let Some(d) = self.dispatch.get_mut(&peer) else { return };
+        let Some(d) = self.dispatch.get_mut(&peer) else {
+            return;
+        };
         if d.held.is_empty() && d.mailbox.has_room() {
             d.mailbox.post(&self.pool, kind, len, job);
         } else {

@@ -250,7 +250,7 @@ impl Client {
             mailbox,
             conn: None,
             held: VecDeque::new(),
-            buf: vec![0; self.0.config.buffer_size.clamp(1, io::READ_CHUNK)],
+            buf: vec![0; self.0.config.buffer_size.max(io::READ_CHUNK)],
         };
         let spawned = std::thread::Builder::new()
             .name("veltix-client-io".into())

@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
-/// Largest read per `read` call.
+/// Smallest read buffer (`buffer_size` when larger).
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
 
 /// Reads per socket per pass of the I/O loop (fairness between sockets).

@@ -799,6 +799,9 @@ struct IoLoop {
     to_read: HashSet<Token>,
     /// Sockets whose interest may have to change.
     dirty: HashSet<Token>,
+    /// Sockets not read because their peer's mailbox is full: looked at
+    /// again every pass, so reading resumes when it drains.
+    blocked: HashSet<Token>,
 }
 
 impl IoLoop {
@@ -809,7 +812,7 @@ impl IoLoop {
         listener: TcpListener,
         pool: Arc<Pool>,
     ) -> IoLoop {
-        let buf = vec![0; shared.config.buffer_size.clamp(1, io::READ_CHUNK)];
+        let buf = vec![0; shared.config.buffer_size.max(io::READ_CHUNK)];
         let mailbox_cap = MAILBOX_BYTES;
         IoLoop {
             shared,
@@ -829,6 +832,7 @@ impl IoLoop {
             buf,
             to_read: HashSet::new(),
             dirty: HashSet::new(),
+            blocked: HashSet::new(),
         }
     }
 
@@ -936,9 +940,9 @@ impl IoLoop {
                 to_write.push(t);
             }
         }
-        for (&t, s) in &self.socks {
-            if !s.pending.is_empty() && self.dirty.contains(&t) {
-                to_write.push(t);
+        for t in &self.dirty {
+            if self.socks.get(t).is_some_and(|s| !s.pending.is_empty()) {
+                to_write.push(*t);
             }
         }
         for t in to_write {
@@ -958,18 +962,33 @@ impl IoLoop {
                 }
                 self.to_read.remove(&t);
                 self.dirty.remove(&t);
+                self.blocked.remove(&t);
             }
             notify = true;
         }
 
         // Interest.
+        let dispatch = &self.dispatch;
+        let socks = &self.socks;
+        let dirty = &mut self.dirty;
+        self.blocked.retain(|t| {
+            let Some(s) = socks.get(t) else { return false };
+            let free = dispatch.get(&s.peer).is_none_or(Dispatch::can_take);
+            if free {
+                dirty.insert(*t);
+            }
+            !free
+        });
         let dirty: Vec<Token> = self.dirty.drain().collect();
         for t in dirty {
             let Some(s) = self.socks.get_mut(&t) else {
                 continue;
             };
-            let read = g.hub.wants_input(s.peer)
-                && self.dispatch.get(&s.peer).is_none_or(Dispatch::can_take);
+            let free = self.dispatch.get(&s.peer).is_none_or(Dispatch::can_take);
+            if !free {
+                self.blocked.insert(t);
+            }
+            let read = g.hub.wants_input(s.peer) && free;
             let want = io::interest(read, !s.pending.is_empty());
             io::set_interest(
                 self.poll.registry(),
@@ -1144,6 +1163,10 @@ impl IoLoop {
             notify |= complete(g, peer, ev);
         }
         while let Some((peer, ev)) = g.hub.poll_event() {
+            // Taking events can let the core want input again.
+            if let Some(&t) = self.by_peer.get(&peer) {
+                self.dirty.insert(t);
+            }
             match ev {
                 HubEvent::Connected(hello) => {
                     let Some(&addr) = g.addrs.get(&peer) else {

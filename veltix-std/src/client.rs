@@ -16,7 +16,7 @@ use veltix_proto::{
 };
 
 use crate::io::{self, Flushed, Output, Read1};
-use crate::pool::{lock, wait_until, Job, Kind, Mailbox, Pool, MAILBOX_BYTES};
+use crate::pool::{lock, wait_until, Item, Mailbox, Pool, MAILBOX_BYTES};
 use crate::server::WAIT_MARGIN;
 
 const WAKER: Token = Token(0);
@@ -216,11 +216,26 @@ impl Client {
         if ctl.pool.is_none() {
             let pool = Arc::new(Pool::new(self.0.config.max_workers, "veltix-client")?);
             let slot = self.0.waker_slot.clone();
-            let mailbox = Mailbox::new(MAILBOX_BYTES, move || {
-                if let Some(w) = lock(&slot).as_ref() {
-                    let _ = w.wake();
-                }
-            });
+            // Weak: the mailbox lives in this client's own state.
+            let weak = Arc::downgrade(&self.0);
+            let mailbox = Mailbox::new(
+                MAILBOX_BYTES,
+                move |f: Frame| {
+                    let Some(shared) = weak.upgrade() else { return };
+                    let client = Client(shared);
+                    match client.handler(f.message_type) {
+                        Some(h) => h(&client, f),
+                        None => {
+                            tracing::debug!(message_type = %f.message_type, "no handler; message dropped")
+                        }
+                    }
+                },
+                move || {
+                    if let Some(w) = lock(&slot).as_ref() {
+                        let _ = w.wake();
+                    }
+                },
+            );
             ctl.pool = Some((pool, mailbox));
         }
         let (pool, mailbox) = ctl.pool.clone().expect("set above");
@@ -580,7 +595,7 @@ struct ClientIo {
     /// Jobs taken from the core while the mailbox was full; the socket is
     /// not read while this is non-empty, so it stays within the core's
     /// event cap.
-    held: VecDeque<(Kind, usize, Job)>,
+    held: VecDeque<Item>,
     buf: Vec<u8>,
 }
 
@@ -835,66 +850,44 @@ impl ClientIo {
             match ev {
                 SessionEvent::Connected(_) => {
                     tracing::info!(server = %self.name(), "connected");
-                    self.enqueue(
-                        Kind::Lifecycle,
-                        0,
-                        Box::new(move || {
-                            let cb = client.callbacks_read().on_connect.clone();
-                            if let Some(cb) = cb {
-                                cb(&client);
-                            }
-                            client.set_outcome(Ok(()));
-                        }),
-                    );
+                    self.enqueue(Item::Job(Box::new(move || {
+                        let cb = client.callbacks_read().on_connect.clone();
+                        if let Some(cb) = cb {
+                            cb(&client);
+                        }
+                        client.set_outcome(Ok(()));
+                    })));
                 }
-                SessionEvent::Message(f) => {
-                    let len = f.payload.len();
-                    self.enqueue(
-                        Kind::Message,
-                        len,
-                        Box::new(move || match client.handler(f.message_type) {
-                            Some(h) => h(&client, f),
-                            None => tracing::debug!(message_type = %f.message_type, "no handler; message dropped"),
-                        }),
-                    );
-                }
+                SessionEvent::Message(f) => self.enqueue(Item::Message(f)),
                 SessionEvent::Disconnected(state) => {
                     tracing::debug!(?state, "disconnect state");
-                    self.enqueue(
-                        Kind::Lifecycle,
-                        0,
-                        Box::new(move || {
-                            let cb = client.callbacks_read().on_disconnect.clone();
-                            if let Some(cb) = cb {
-                                cb(&client, &state);
-                            }
-                        }),
-                    );
+                    self.enqueue(Item::Job(Box::new(move || {
+                        let cb = client.callbacks_read().on_disconnect.clone();
+                        if let Some(cb) = cb {
+                            cb(&client, &state);
+                        }
+                    })));
                 }
                 SessionEvent::GaveUp(e) => {
                     tracing::debug!(error = %e, "gave up connecting");
-                    self.enqueue(
-                        Kind::Lifecycle,
-                        0,
-                        Box::new(move || client.set_outcome(Err(e))),
-                    );
+                    self.enqueue(Item::Job(Box::new(move || client.set_outcome(Err(e)))));
                 }
                 ev @ SessionEvent::Completed { .. } => notify |= complete(g, ev),
                 _ => {}
             }
         }
         while !self.held.is_empty() && self.mailbox.has_room() {
-            let (kind, len, job) = self.held.pop_front().expect("non-empty");
-            self.mailbox.post(&self.pool, kind, len, job);
+            let item = self.held.pop_front().expect("non-empty");
+            self.mailbox.post(&self.pool, item);
         }
         notify
     }
 
-    fn enqueue(&mut self, kind: Kind, len: usize, job: Job) {
+    fn enqueue(&mut self, item: Item) {
         if self.held.is_empty() && self.mailbox.has_room() {
-            self.mailbox.post(&self.pool, kind, len, job);
+            self.mailbox.post(&self.pool, item);
         } else {
-            self.held.push_back((kind, len, job));
+            self.held.push_back(item);
         }
     }
 
@@ -903,8 +896,8 @@ impl ClientIo {
     fn exit(&mut self, mut g: MutexGuard<'_, Core>) -> Step {
         self.dispatch(&mut g);
         self.drop_conn(&mut g);
-        for (kind, len, job) in self.held.drain(..) {
-            self.mailbox.post(&self.pool, kind, len, job);
+        for item in self.held.drain(..) {
+            self.mailbox.post(&self.pool, item);
         }
         g.io_running = false;
         g.waker = None;

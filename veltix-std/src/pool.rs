@@ -9,8 +9,8 @@
 //! then puts the mailbox back at the end of the ready queue: N peers flooding
 //! the server cannot starve the N+1th.
 //!
-//! **Bounds.** A mailbox counts its queued jobs in bytes (payload + 64 per
-//! job). Posting never blocks: the I/O thread asks [`Mailbox::has_room`]
+//! **Bounds.** A mailbox counts its queued items in bytes (payload + 64
+//! per item). Posting never blocks: the I/O thread asks [`Mailbox::has_room`]
 //! before it takes more of that peer's events from the core, and the mailbox
 //! calls its `on_room` hook (which wakes the I/O thread) when it drains back
 //! under its cap.
@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use veltix_proto::Frame;
 
 /// Jobs of one mailbox a worker runs before serving the next mailbox.
 pub(crate) const JOBS_PER_TURN: usize = 16;
@@ -57,23 +59,28 @@ pub(crate) fn wait_until<'a, T>(
     }
 }
 
-/// Whether a job carries an application message (dropped on a local
-/// teardown) or a lifecycle report (always run).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Message,
-    Lifecycle,
+/// What a mailbox holds: an application message (given to the mailbox's
+/// message handler; dropped on a local teardown) or a lifecycle job
+/// (`on_connect`, `on_disconnect`, connect outcomes; always run).
+pub(crate) enum Item {
+    Message(Frame),
+    Job(Job),
 }
 
-struct Queued {
-    job: Job,
-    cost: usize,
-    kind: Kind,
+impl Item {
+    /// Its share of the mailbox's byte cap.
+    pub(crate) fn cost(&self) -> usize {
+        JOB_OVERHEAD
+            + match self {
+                Item::Message(f) => f.payload.len(),
+                Item::Job(_) => 0,
+            }
+    }
 }
 
 #[derive(Default)]
 struct MailboxState {
-    jobs: VecDeque<Queued>,
+    items: VecDeque<Item>,
     bytes: usize,
     /// Queued on the pool or being run by a worker.
     scheduled: bool,
@@ -81,20 +88,27 @@ struct MailboxState {
     over: bool,
 }
 
-/// The serial job queue of one peer.
+/// The serial queue of one peer.
 pub(crate) struct Mailbox {
     state: Mutex<MailboxState>,
     cap: usize,
+    on_message: Box<dyn Fn(Frame) + Send + Sync>,
     on_room: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Mailbox {
-    /// A mailbox of `cap` bytes; `on_room` runs (on a worker) when it
-    /// drains back under the cap after it was over.
-    pub(crate) fn new(cap: usize, on_room: impl Fn() + Send + Sync + 'static) -> Arc<Self> {
+    /// A mailbox of `cap` bytes whose messages go to `on_message`;
+    /// `on_room` runs (on a worker) when it drains back under the cap
+    /// after it was over.
+    pub(crate) fn new(
+        cap: usize,
+        on_message: impl Fn(Frame) + Send + Sync + 'static,
+        on_room: impl Fn() + Send + Sync + 'static,
+    ) -> Arc<Self> {
         Arc::new(Mailbox {
             state: Mutex::new(MailboxState::default()),
             cap,
+            on_message: Box::new(on_message),
             on_room: Box::new(on_room),
         })
     }
@@ -109,12 +123,12 @@ impl Mailbox {
         room
     }
 
-    /// Posts a job costing `payload` bytes. Never blocks; the caller checks
+    /// Posts an item. Never blocks; the caller checks
     /// [`has_room`](Self::has_room) first.
-    pub(crate) fn post(self: &Arc<Self>, pool: &Pool, kind: Kind, payload: usize, job: Job) {
-        let cost = payload + JOB_OVERHEAD;
+    pub(crate) fn post(self: &Arc<Self>, pool: &Pool, item: Item) {
+        let cost = item.cost();
         let mut st = lock(&self.state);
-        st.jobs.push_back(Queued { job, cost, kind });
+        st.items.push_back(item);
         st.bytes += cost;
         if st.bytes >= self.cap {
             st.over = true;
@@ -126,53 +140,56 @@ impl Mailbox {
         }
     }
 
-    /// Drops the queued message jobs (not the lifecycle ones); returns how many.
+    /// Drops the queued messages (not the lifecycle jobs); returns how many.
     pub(crate) fn discard_messages(&self) -> usize {
         let mut st = lock(&self.state);
-        let before = st.jobs.len();
+        let before = st.items.len();
         let mut freed = 0;
-        st.jobs.retain(|q| {
-            let keep = q.kind == Kind::Lifecycle;
-            if !keep {
-                freed += q.cost;
+        st.items.retain(|i| match i {
+            Item::Message(_) => {
+                freed += i.cost();
+                false
             }
-            keep
+            Item::Job(_) => true,
         });
         st.bytes -= freed;
-        before - st.jobs.len()
+        before - st.items.len()
     }
 
-    /// Runs at most `max` jobs; `true` if more are queued (the mailbox
-    /// stays scheduled and must be re-queued).
+    /// Runs at most `max` items (taken in one go); `true` if more are
+    /// queued (the mailbox stays scheduled and must be re-queued).
     fn run(&self, max: usize, panics: &AtomicU64) -> bool {
-        for _ in 0..max {
-            let (job, room) = {
-                let mut st = lock(&self.state);
-                match st.jobs.pop_front() {
-                    Some(q) => {
-                        st.bytes -= q.cost;
-                        let room = st.over && st.bytes < self.cap;
-                        if room {
-                            st.over = false;
-                        }
-                        (q.job, room)
-                    }
-                    None => {
-                        st.scheduled = false;
-                        return false;
-                    }
-                }
-            };
-            if room {
-                (self.on_room)();
+        let (batch, room) = {
+            let mut st = lock(&self.state);
+            let n = st.items.len().min(max);
+            if n == 0 {
+                st.scheduled = false;
+                return false;
             }
-            if catch_unwind(AssertUnwindSafe(job)).is_err() {
+            let batch: Vec<Item> = st.items.drain(..n).collect();
+            let freed: usize = batch.iter().map(Item::cost).sum();
+            st.bytes -= freed;
+            let room = st.over && st.bytes < self.cap;
+            if room {
+                st.over = false;
+            }
+            (batch, room)
+        };
+        if room {
+            (self.on_room)();
+        }
+        for item in batch {
+            let r = match item {
+                Item::Message(f) => catch_unwind(AssertUnwindSafe(|| (self.on_message)(f))),
+                Item::Job(job) => catch_unwind(AssertUnwindSafe(job)),
+            };
+            if r.is_err() {
                 panics.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("a callback panicked; the connection goes on");
             }
         }
         let mut st = lock(&self.state);
-        if st.jobs.is_empty() {
+        if st.items.is_empty() {
             st.scheduled = false;
             false
         } else {
@@ -290,38 +307,45 @@ fn worker(shared: &PoolShared) {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use veltix_proto::MessageType;
+
+    fn msg(n: u32) -> Item {
+        Item::Message(Frame::new(
+            MessageType::new(200),
+            0,
+            n.to_be_bytes().to_vec(),
+        ))
+    }
 
     #[test]
-    fn jobs_of_one_mailbox_run_in_order_and_panics_are_contained() {
+    fn items_of_one_mailbox_run_in_order_and_panics_are_contained() {
         let pool = Pool::new(4, "t").unwrap();
-        let mb = Mailbox::new(MAILBOX_BYTES, || {});
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let mb = Mailbox::new(
+            usize::MAX,
+            move |f| {
+                let n = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
+                if n == 500 {
+                    panic!("callback bug");
+                }
+                lock(&s).push(n);
+            },
+            || {},
+        );
         for i in 0..1000 {
-            let seen = seen.clone();
-            mb.post(
-                &pool,
-                Kind::Message,
-                0,
-                Box::new(move || {
-                    if i == 500 {
-                        panic!("callback bug");
-                    }
-                    lock(&seen).push(i);
-                }),
-            );
+            mb.post(&pool, msg(i));
         }
         let done = Arc::new(AtomicUsize::new(0));
         let d = done.clone();
         mb.post(
             &pool,
-            Kind::Lifecycle,
-            0,
-            Box::new(move || d.store(1, Ordering::SeqCst)),
+            Item::Job(Box::new(move || d.store(1, Ordering::SeqCst))),
         );
         pool.shutdown();
         assert_eq!(done.load(Ordering::SeqCst), 1);
         let seen = lock(&seen);
-        let want: Vec<i32> = (0..1000).filter(|&i| i != 500).collect();
+        let want: Vec<u32> = (0..1000).filter(|&i| i != 500).collect();
         assert_eq!(*seen, want);
         assert_eq!(pool.panics(), 1);
     }
@@ -329,54 +353,76 @@ mod tests {
     #[test]
     fn a_flooded_mailbox_does_not_starve_another() {
         let pool = Pool::new(1, "t").unwrap();
-        let flood = Mailbox::new(usize::MAX, || {});
         let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        // The flood's handler waits at the gate until the other peer posted.
+        let gate = Arc::new(Mutex::new(()));
+        let closed = lock(&gate);
+        let g = gate.clone();
+        let flood = Mailbox::new(
+            usize::MAX,
+            move |_| {
+                drop(lock(&g));
+                r.fetch_add(1, Ordering::SeqCst);
+            },
+            || {},
+        );
+        for i in 0..10_000 {
+            flood.post(&pool, msg(i));
+        }
         let other_done = Arc::new(AtomicBool::new(false));
         let at = Arc::new(AtomicUsize::new(usize::MAX));
-        for _ in 0..10_000 {
-            let r = ran.clone();
-            flood.post(
-                &pool,
-                Kind::Message,
-                0,
-                Box::new(move || {
-                    r.fetch_add(1, Ordering::SeqCst);
-                }),
-            );
-        }
-        let other = Mailbox::new(usize::MAX, || {});
+        let other = Mailbox::new(usize::MAX, |_| {}, || {});
         let (r, o, a) = (ran.clone(), other_done.clone(), at.clone());
         other.post(
             &pool,
-            Kind::Message,
-            0,
-            Box::new(move || {
+            Item::Job(Box::new(move || {
                 a.store(r.load(Ordering::SeqCst), Ordering::SeqCst);
                 o.store(true, Ordering::SeqCst);
-            }),
+            })),
         );
+        drop(closed);
         pool.shutdown();
         assert!(other_done.load(Ordering::SeqCst));
         assert!(at.load(Ordering::SeqCst) <= 2 * JOBS_PER_TURN);
+        assert_eq!(ran.load(Ordering::SeqCst), 10_000);
     }
 
     #[test]
-    fn byte_cap_reports_room_once_drained() {
+    fn byte_cap_reports_room_once_drained_and_discard_keeps_jobs() {
         let pool = Pool::new(1, "t").unwrap();
         let rooms = Arc::new(AtomicUsize::new(0));
         let r = rooms.clone();
-        let mb = Mailbox::new(1000, move || {
-            r.fetch_add(1, Ordering::SeqCst);
-        });
         let gate = Arc::new(Mutex::new(()));
         let held = lock(&gate);
         let g = gate.clone();
-        mb.post(&pool, Kind::Message, 500, Box::new(move || drop(lock(&g))));
-        mb.post(&pool, Kind::Message, 500, Box::new(|| {}));
+        let mb = Mailbox::new(
+            1000,
+            move |_| drop(lock(&g)),
+            move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            },
+        );
+        let big = || Item::Message(Frame::new(MessageType::new(200), 0, vec![0u8; 500]));
+        mb.post(&pool, big());
+        // The worker takes the first one and blocks on the gate.
+        while lock(&mb.state).items.len() == 1 {
+            std::thread::yield_now();
+        }
+        mb.post(&pool, big());
+        mb.post(&pool, big());
         assert!(!mb.has_room());
+        let ran = Arc::new(AtomicBool::new(false));
+        let r2 = ran.clone();
+        mb.post(
+            &pool,
+            Item::Job(Box::new(move || r2.store(true, Ordering::SeqCst))),
+        );
+        assert_eq!(mb.discard_messages(), 2);
+        assert!(mb.has_room());
         drop(held);
         pool.shutdown();
-        assert!(mb.has_room());
-        assert_eq!(rooms.load(Ordering::SeqCst), 1);
+        assert!(ran.load(Ordering::SeqCst));
+        assert_eq!(rooms.load(Ordering::SeqCst), 1, "room reported once");
     }
 }

@@ -19,7 +19,7 @@ use veltix_proto::{
 };
 
 use crate::io::{self, Flushed, Output, Read1};
-use crate::pool::{lock, wait_until, Job, Kind, Mailbox, Pool, MAILBOX_BYTES};
+use crate::pool::{lock, wait_until, Item, Mailbox, Pool, MAILBOX_BYTES};
 
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
@@ -753,7 +753,7 @@ struct Dispatch {
     /// Jobs taken from the core while the mailbox was full. Bounded: the
     /// peer's socket is not read while this is non-empty, so it holds at
     /// most the core's queued events of the peer (`max_event_bytes`).
-    held: VecDeque<(Kind, usize, Job)>,
+    held: VecDeque<Item>,
     /// `on_disconnect` was queued: forget this once `held` is empty.
     closed: bool,
 }
@@ -1179,9 +1179,22 @@ impl IoLoop {
                         server: Arc::downgrade(&self.shared),
                     };
                     let waker = self.waker.clone();
-                    let mailbox = Mailbox::new(self.mailbox_cap, move || {
-                        let _ = waker.wake();
-                    });
+                    let (shared, p) = (self.shared.clone(), handle.clone());
+                    let mailbox = Mailbox::new(
+                        self.mailbox_cap,
+                        move |f: Frame| {
+                            let server = Server(shared.clone());
+                            match server.handler(f.message_type) {
+                                Some(h) => h(&server, &p, f),
+                                None => {
+                                    tracing::debug!(message_type = %f.message_type, "no handler; message dropped")
+                                }
+                            }
+                        },
+                        move || {
+                            let _ = waker.wake();
+                        },
+                    );
                     let shared = self.shared.clone();
                     let p = handle.clone();
                     self.dispatch.insert(
@@ -1195,37 +1208,16 @@ impl IoLoop {
                     );
                     self.enqueue(
                         peer,
-                        Kind::Lifecycle,
-                        0,
-                        Box::new(move || {
+                        Item::Job(Box::new(move || {
                             let server = Server(shared);
                             let cb = server.callbacks_read().on_connect.clone();
                             if let Some(cb) = cb {
                                 cb(&server, &p);
                             }
-                        }),
+                        })),
                     );
                 }
-                HubEvent::Message(f) => {
-                    let Some(d) = self.dispatch.get(&peer) else {
-                        continue;
-                    };
-                    let shared = self.shared.clone();
-                    let p = d.peer.clone();
-                    let len = f.payload.len();
-                    self.enqueue(
-                        peer,
-                        Kind::Message,
-                        len,
-                        Box::new(move || {
-                            let server = Server(shared);
-                            match server.handler(f.message_type) {
-                                Some(h) => h(&server, &p, f),
-                                None => tracing::debug!(message_type = %f.message_type, "no handler; message dropped"),
-                            }
-                        }),
-                    );
-                }
+                HubEvent::Message(f) => self.enqueue(peer, Item::Message(f)),
                 HubEvent::Disconnected(reason) => {
                     let Some(d) = self.dispatch.get_mut(&peer) else {
                         continue;
@@ -1236,15 +1228,13 @@ impl IoLoop {
                     let p = d.peer.clone();
                     self.enqueue(
                         peer,
-                        Kind::Lifecycle,
-                        0,
-                        Box::new(move || {
+                        Item::Job(Box::new(move || {
                             let server = Server(shared);
                             let cb = server.callbacks_read().on_disconnect.clone();
                             if let Some(cb) = cb {
                                 cb(&server, &p);
                             }
-                        }),
+                        })),
                     );
                 }
                 ev @ HubEvent::Completed { .. } => notify |= complete(g, peer, ev),
@@ -1256,8 +1246,8 @@ impl IoLoop {
         self.dispatch.retain(|&id, d| {
             if !d.held.is_empty() {
                 while !d.held.is_empty() && d.mailbox.has_room() {
-                    let (kind, len, job) = d.held.pop_front().expect("non-empty");
-                    d.mailbox.post(&self.pool, kind, len, job);
+                    let item = d.held.pop_front().expect("non-empty");
+                    d.mailbox.post(&self.pool, item);
                 }
                 if d.held.is_empty() {
                     unblocked.push(id);
@@ -1273,14 +1263,14 @@ impl IoLoop {
         notify
     }
 
-    fn enqueue(&mut self, peer: PeerId, kind: Kind, len: usize, job: Job) {
+    fn enqueue(&mut self, peer: PeerId, item: Item) {
         let Some(d) = self.dispatch.get_mut(&peer) else {
             return;
         };
         if d.held.is_empty() && d.mailbox.has_room() {
-            d.mailbox.post(&self.pool, kind, len, job);
+            d.mailbox.post(&self.pool, item);
         } else {
-            d.held.push_back((kind, len, job));
+            d.held.push_back(item);
             if let Some(&t) = self.by_peer.get(&peer) {
                 self.dirty.insert(t);
             }
@@ -1306,11 +1296,10 @@ impl IoLoop {
         let mut dropped = 0;
         for (_, d) in self.dispatch.drain() {
             dropped += d.mailbox.discard_messages();
-            for (kind, len, job) in d.held {
-                if kind == Kind::Lifecycle {
-                    d.mailbox.post(&self.pool, kind, len, job);
-                } else {
-                    dropped += 1;
+            for item in d.held {
+                match item {
+                    Item::Job(_) => d.mailbox.post(&self.pool, item),
+                    Item::Message(_) => dropped += 1,
                 }
             }
         }

@@ -573,16 +573,27 @@ struct Conn {
 }
 
 struct SessionOut<'a> {
-    session: &'a mut ClientSession,
+    core: &'a Mutex<Core>,
+    transport: u64,
     now: Instant,
 }
 
 impl Output for SessionOut<'_> {
-    fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.session.poll_transmit()
-    }
-    fn written(&mut self, n: usize) {
-        self.session.handle_written(self.now, n);
+    fn exchange(&mut self, written: usize, pending: &mut VecDeque<Bytes>) {
+        let mut g = lock(self.core);
+        if g.session.transport() != Some(self.transport) {
+            // Not the session's transport any more: dropped after the flush.
+            pending.clear();
+            return;
+        }
+        if written > 0 {
+            g.session.handle_written(self.now, written);
+        }
+        while let Some(b) = g.session.poll_transmit() {
+            if !b.is_empty() {
+                pending.push_back(b);
+            }
+        }
     }
 }
 
@@ -682,12 +693,19 @@ impl ClientIo {
         self.sync_conn(&mut g);
 
         // Read.
+        // (The lock is released around each read.)
         if let Some(c) = self.conn.as_mut().filter(|c| !c.dialing && c.readable) {
             for _ in 0..io::READS_PER_PASS {
                 if !(g.session.wants_input() && self.held.is_empty() && self.mailbox.has_room()) {
                     break;
                 }
-                match io::read1(&mut c.stream, &mut self.buf) {
+                drop(g);
+                let r = io::read1(&mut c.stream, &mut self.buf);
+                g = lock(&shared.core);
+                if g.session.transport() != Some(c.transport) {
+                    break;
+                }
+                match r {
                     Read1::Data(n) => g.session.handle_input(now, &self.buf[..n]),
                     Read1::Eof => {
                         g.session.handle_eof(now);
@@ -749,16 +767,22 @@ impl ClientIo {
         notify |= self.dispatch(&mut g);
 
         // Write.
+        // (Written without the lock; `exchange` takes it briefly.)
         if let Some(c) = self.conn.as_mut().filter(|c| !c.dialing) {
             if g.session.has_transmit() || !c.pending.is_empty() {
+                drop(g);
                 let mut out = SessionOut {
-                    session: &mut g.session,
+                    core: &shared.core,
+                    transport: c.transport,
                     now,
                 };
                 let (r, n) = io::flush(&mut c.stream, &mut c.pending, &mut out);
                 notify |= n > 0;
+                g = lock(&shared.core);
                 if let Flushed::Failed(e) = r {
-                    g.session.handle_transport_error(now, &e);
+                    if g.session.transport() == Some(c.transport) {
+                        g.session.handle_transport_error(now, &e);
+                    }
                     c.pending.clear();
                 }
             }

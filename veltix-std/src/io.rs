@@ -18,12 +18,12 @@ pub(crate) const READS_PER_PASS: usize = 16;
 /// Chunks given to one `write_vectored` call.
 const IOV_MAX: usize = 64;
 
-/// The core's side of one transport's output.
+/// The core's side of one transport's output. Implementations lock the
+/// core for the call only: the socket is written without the lock.
 pub(crate) trait Output {
-    /// The next bytes the core wants written.
-    fn poll_transmit(&mut self) -> Option<Bytes>;
-    /// `n` bytes were written.
-    fn written(&mut self, n: usize);
+    /// Reports `written` bytes (when non-zero) and moves the core's next
+    /// output into `pending`, under one lock.
+    fn exchange(&mut self, written: usize, pending: &mut VecDeque<Bytes>);
 }
 
 /// What a flush ended with.
@@ -40,19 +40,15 @@ pub(crate) enum Flushed {
 /// Writes the core's output with vectored writes until it is all written
 /// or the socket blocks. `pending` holds bytes taken from the core and not
 /// yet written (bounded by the core's transmit window). Returns the outcome
-/// and the number of bytes written.
+/// and the number of bytes written. Call it without holding the core's lock.
 pub(crate) fn flush(
     sock: &mut TcpStream,
     pending: &mut VecDeque<Bytes>,
     out: &mut impl Output,
 ) -> (Flushed, usize) {
     let mut total = 0;
+    out.exchange(0, pending);
     loop {
-        while let Some(b) = out.poll_transmit() {
-            if !b.is_empty() {
-                pending.push_back(b);
-            }
-        }
         if pending.is_empty() {
             return (Flushed::Done, total);
         }
@@ -67,30 +63,25 @@ pub(crate) fn flush(
         };
         match r {
             Ok(0) => return (Flushed::Failed(ErrorKind::WriteZero.into()), total),
-            Ok(mut n) => {
+            Ok(n) => {
                 total += n;
-                out.written(n);
-                while n > 0 {
+                let mut left = n;
+                while left > 0 {
                     let front = pending.front_mut().expect("wrote no more than pending");
-                    if front.len() <= n {
-                        n -= front.len();
+                    if front.len() <= left {
+                        left -= front.len();
                         pending.pop_front();
                     } else {
-                        front.advance(n);
-                        n = 0;
+                        front.advance(left);
+                        left = 0;
                     }
                 }
+                out.exchange(n, pending);
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                // Take what the core has left, so its `poll_timeout` is not
-                // "now" while we wait for writability.
-                while let Some(b) = out.poll_transmit() {
-                    if !b.is_empty() {
-                        pending.push_back(b);
-                    }
-                }
-                return (Flushed::Blocked, total);
-            }
+            // `pending` holds everything the core had (the last exchange
+            // took it), so the core's `poll_timeout` is not "now" while we
+            // wait for writability.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return (Flushed::Blocked, total),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return (Flushed::Failed(e), total),
         }

@@ -765,17 +765,22 @@ impl Dispatch {
 }
 
 struct HubOut<'a> {
-    hub: &'a mut Hub,
+    core: &'a Mutex<Core>,
     peer: PeerId,
     now: Instant,
 }
 
 impl Output for HubOut<'_> {
-    fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.hub.poll_transmit(self.peer)
-    }
-    fn written(&mut self, n: usize) {
-        self.hub.handle_written(self.peer, self.now, n);
+    fn exchange(&mut self, written: usize, pending: &mut VecDeque<Bytes>) {
+        let mut g = lock(self.core);
+        if written > 0 {
+            g.hub.handle_written(self.peer, self.now, written);
+        }
+        while let Some(b) = g.hub.poll_transmit(self.peer) {
+            if !b.is_empty() {
+                pending.push_back(b);
+            }
+        }
     }
 }
 
@@ -918,11 +923,13 @@ impl IoLoop {
             self.accept(&mut g, now);
         }
 
-        // Read.
+        // Read (the lock is released around each read).
+        drop(g);
         let candidates: Vec<Token> = self.to_read.iter().copied().collect();
         for t in candidates {
-            self.read(&mut g, t, now);
+            self.read(&shared, t, now);
         }
+        let mut g = lock(&shared.core);
 
         // Timers.
         if g.hub.poll_timeout().is_some_and(|t| t <= now) {
@@ -945,9 +952,11 @@ impl IoLoop {
                 to_write.push(*t);
             }
         }
+        drop(g);
         for t in to_write {
-            notify |= self.write(&mut g, t, now);
+            notify |= self.write(&shared, t, now);
         }
+        let mut g = lock(&shared.core);
         // Writing can end connections (errors) and queue events.
         notify |= self.dispatch_events(&mut g);
 
@@ -1098,12 +1107,13 @@ impl IoLoop {
         // More may be waiting: `accept_ready` stays set.
     }
 
-    fn read(&mut self, g: &mut Core, t: Token, now: Instant) {
+    fn read(&mut self, shared: &Shared, t: Token, now: Instant) {
         let Some(s) = self.socks.get_mut(&t) else {
             self.to_read.remove(&t);
             return;
         };
         let peer = s.peer;
+        let mut g = lock(&shared.core);
         for _ in 0..io::READS_PER_PASS {
             if !g.hub.wants_input(peer) || !self.dispatch.get(&peer).is_none_or(Dispatch::can_take)
             {
@@ -1111,7 +1121,10 @@ impl IoLoop {
                 self.dirty.insert(t);
                 return;
             }
-            match io::read1(&mut s.stream, &mut self.buf) {
+            drop(g);
+            let r = io::read1(&mut s.stream, &mut self.buf);
+            g = lock(&shared.core);
+            match r {
                 Read1::Data(n) => g.hub.handle_input(peer, now, &self.buf[..n]),
                 Read1::Eof => {
                     g.hub.handle_eof(peer, now);
@@ -1137,18 +1150,20 @@ impl IoLoop {
     }
 
     /// Writes what the core has for the socket; `true` if bytes went out.
-    fn write(&mut self, g: &mut Core, t: Token, now: Instant) -> bool {
+    fn write(&mut self, shared: &Shared, t: Token, now: Instant) -> bool {
         let Some(s) = self.socks.get_mut(&t) else {
             return false;
         };
         let mut out = HubOut {
-            hub: &mut g.hub,
+            core: &shared.core,
             peer: s.peer,
             now,
         };
         let (r, n) = io::flush(&mut s.stream, &mut s.pending, &mut out);
         if let Flushed::Failed(e) = r {
-            g.hub.handle_transport_error(s.peer, now, &e);
+            lock(&shared.core)
+                .hub
+                .handle_transport_error(s.peer, now, &e);
             s.pending.clear();
         }
         self.dirty.insert(t);

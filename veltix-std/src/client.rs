@@ -900,19 +900,14 @@ impl ClientIo {
                 _ => {}
             }
         }
-        while !self.held.is_empty() && self.mailbox.has_room() {
-            let item = self.held.pop_front().expect("non-empty");
-            self.mailbox.post(&self.pool, item);
-        }
+        self.mailbox.post_while_room(&self.pool, &mut self.held);
         notify
     }
 
+    /// Queues an item for the handlers (handed to the mailbox at the end of
+    /// `dispatch`, while it has room).
     fn enqueue(&mut self, item: Item) {
-        if self.held.is_empty() && self.mailbox.has_room() {
-            self.mailbox.post(&self.pool, item);
-        } else {
-            self.held.push_back(item);
-        }
+        self.held.push_back(item);
     }
 
     /// Ends the thread: the last events go to the pool (lifecycle ones

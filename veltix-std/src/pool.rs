@@ -140,6 +140,33 @@ impl Mailbox {
         }
     }
 
+    /// Moves items from `items` to the mailbox while it is under its cap
+    /// (one lock); `true` if all of them went.
+    pub(crate) fn post_while_room(
+        self: &Arc<Self>,
+        pool: &Pool,
+        items: &mut VecDeque<Item>,
+    ) -> bool {
+        if items.is_empty() {
+            return true;
+        }
+        let mut st = lock(&self.state);
+        while st.bytes < self.cap {
+            let Some(item) = items.pop_front() else { break };
+            st.bytes += item.cost();
+            st.items.push_back(item);
+        }
+        if st.bytes >= self.cap {
+            st.over = true;
+        }
+        if !st.scheduled && !st.items.is_empty() {
+            st.scheduled = true;
+            drop(st);
+            pool.schedule(self.clone());
+        }
+        items.is_empty()
+    }
+
     /// Drops the queued messages (not the lifecycle jobs); returns how many.
     pub(crate) fn discard_messages(&self) -> usize {
         let mut st = lock(&self.state);

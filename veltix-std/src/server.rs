@@ -750,9 +750,10 @@ struct Sock {
 struct Dispatch {
     peer: Peer,
     mailbox: Arc<Mailbox>,
-    /// Jobs taken from the core while the mailbox was full. Bounded: the
-    /// peer's socket is not read while this is non-empty, so it holds at
-    /// most the core's queued events of the peer (`max_event_bytes`).
+    /// Items taken from the core and not yet in the mailbox (it was full).
+    /// Bounded: the peer's socket is not read while this is non-empty, so
+    /// it holds at most the core's queued events of the peer
+    /// (`max_event_bytes`) and what one read decoded.
     held: VecDeque<Item>,
     /// `on_disconnect` was queued: forget this once `held` is empty.
     closed: bool,
@@ -807,6 +808,8 @@ struct IoLoop {
     /// Sockets not read because their peer's mailbox is full: looked at
     /// again every pass, so reading resumes when it drains.
     blocked: HashSet<Token>,
+    /// Peers with items in `held`.
+    staged: HashSet<PeerId>,
 }
 
 impl IoLoop {
@@ -838,6 +841,7 @@ impl IoLoop {
             to_read: HashSet::new(),
             dirty: HashSet::new(),
             blocked: HashSet::new(),
+            staged: HashSet::new(),
         }
     }
 
@@ -1177,10 +1181,14 @@ impl IoLoop {
         while let Some((peer, ev)) = g.hub.poll_completion() {
             notify |= complete(g, peer, ev);
         }
+        let mut last = None;
         while let Some((peer, ev)) = g.hub.poll_event() {
             // Taking events can let the core want input again.
-            if let Some(&t) = self.by_peer.get(&peer) {
-                self.dirty.insert(t);
+            if last != Some(peer) {
+                last = Some(peer);
+                if let Some(&t) = self.by_peer.get(&peer) {
+                    self.dirty.insert(t);
+                }
             }
             match ev {
                 HubEvent::Connected(hello) => {
@@ -1256,40 +1264,34 @@ impl IoLoop {
                 _ => {}
             }
         }
-        // Held jobs move on as their mailboxes drain; finished peers go.
-        let mut unblocked = Vec::new();
-        self.dispatch.retain(|&id, d| {
-            if !d.held.is_empty() {
-                while !d.held.is_empty() && d.mailbox.has_room() {
-                    let item = d.held.pop_front().expect("non-empty");
-                    d.mailbox.post(&self.pool, item);
+        // Staged items move to their mailboxes while there is room (one
+        // lock per peer); finished peers go once everything is handed over.
+        for peer in std::mem::take(&mut self.staged) {
+            let Some(d) = self.dispatch.get_mut(&peer) else {
+                continue;
+            };
+            if d.mailbox.post_while_room(&self.pool, &mut d.held) {
+                if d.closed {
+                    self.dispatch.remove(&peer);
                 }
-                if d.held.is_empty() {
-                    unblocked.push(id);
+                if let Some(&t) = self.by_peer.get(&peer) {
+                    self.dirty.insert(t);
                 }
-            }
-            !(d.closed && d.held.is_empty())
-        });
-        for id in unblocked {
-            if let Some(&t) = self.by_peer.get(&id) {
-                self.dirty.insert(t);
+            } else {
+                self.staged.insert(peer);
             }
         }
         notify
     }
 
+    /// Queues an item for `peer`'s handlers (handed to its mailbox at the
+    /// end of `dispatch_events`).
     fn enqueue(&mut self, peer: PeerId, item: Item) {
         let Some(d) = self.dispatch.get_mut(&peer) else {
             return;
         };
-        if d.held.is_empty() && d.mailbox.has_room() {
-            d.mailbox.post(&self.pool, item);
-        } else {
-            d.held.push_back(item);
-            if let Some(&t) = self.by_peer.get(&peer) {
-                self.dirty.insert(t);
-            }
-        }
+        d.held.push_back(item);
+        self.staged.insert(peer);
     }
 
     /// The end of a shutdown: cut what is left, hand every last event to the

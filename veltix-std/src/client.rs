@@ -95,6 +95,10 @@ struct Shared {
 /// answer no `request` go to the route of their type or to `on_recv`, on a
 /// pool of `max_workers` threads, one at a time and in arrival order.
 ///
+/// The I/O thread and the pool run while the client connects or is
+/// connected, even if every handle is dropped: end with
+/// [`disconnect`](Self::disconnect).
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use veltix_std::{Client, ClientConfig, MessageType};

@@ -607,9 +607,9 @@ struct ClientIo {
     pool: Arc<Pool>,
     mailbox: Arc<Mailbox>,
     conn: Option<Conn>,
-    /// Jobs taken from the core while the mailbox was full; the socket is
-    /// not read while this is non-empty, so it stays within the core's
-    /// event cap.
+    /// Items taken from the core in this pass, not yet in the mailbox (at
+    /// most one past the mailbox's cap; the socket is not read while this
+    /// is non-empty).
     held: VecDeque<Item>,
     buf: Vec<u8>,
 }
@@ -768,7 +768,7 @@ impl ClientIo {
         }
 
         // Events.
-        notify |= self.dispatch(&mut g);
+        notify |= self.dispatch(&mut g, false);
 
         // Write.
         // (Written without the lock; `exchange` takes it briefly.)
@@ -791,7 +791,7 @@ impl ClientIo {
                 }
             }
         }
-        notify |= self.dispatch(&mut g);
+        notify |= self.dispatch(&mut g, false);
         self.sync_conn(&mut g);
 
         if notify {
@@ -868,12 +868,29 @@ impl ClientIo {
 
     /// Takes completions and events from the core; `true` if a waiter got
     /// its outcome.
-    fn dispatch(&mut self, g: &mut Core) -> bool {
+    ///
+    /// Events are taken only while the mailbox has room (all of them when
+    /// `all`): the rest stay in the core, which then stops reading.
+    /// Request outcomes are always taken.
+    fn dispatch(&mut self, g: &mut Core, all: bool) -> bool {
         let mut notify = false;
         while let Some(ev) = g.session.poll_completion() {
             notify |= complete(g, ev);
         }
-        while let Some(ev) = g.session.poll_event() {
+        if !all {
+            // Leftovers of the last pass first.
+            self.mailbox.post_while_room(&self.pool, &mut self.held);
+        }
+        let mut room = match (all, self.held.is_empty()) {
+            (true, _) => usize::MAX,
+            (false, true) => self.mailbox.room(),
+            (false, false) => 0,
+        };
+        while room > 0 {
+            let Some(ev) = g.session.poll_event() else {
+                break;
+            };
+            let staged = self.held.len();
             let client = self.client.clone();
             match ev {
                 SessionEvent::Connected(_) => {
@@ -903,13 +920,22 @@ impl ClientIo {
                 ev @ SessionEvent::Completed { .. } => notify |= complete(g, ev),
                 _ => {}
             }
+            if self.held.len() > staged {
+                room = room.saturating_sub(self.held.back().map_or(0, Item::cost));
+            }
         }
-        self.mailbox.post_while_room(&self.pool, &mut self.held);
+        if all {
+            for item in self.held.drain(..) {
+                self.mailbox.post(&self.pool, item);
+            }
+        } else {
+            self.mailbox.post_while_room(&self.pool, &mut self.held);
+        }
         notify
     }
 
-    /// Queues an item for the handlers (handed to the mailbox at the end of
-    /// `dispatch`, while it has room).
+    /// Stages an item for the handlers (handed to the mailbox at the end of
+    /// `dispatch`).
     fn enqueue(&mut self, item: Item) {
         self.held.push_back(item);
     }
@@ -917,11 +943,8 @@ impl ClientIo {
     /// Ends the thread: the last events go to the pool (lifecycle ones
     /// always), the socket is released.
     fn exit(&mut self, mut g: MutexGuard<'_, Core>) -> Step {
-        self.dispatch(&mut g);
+        self.dispatch(&mut g, true);
         self.drop_conn(&mut g);
-        for item in self.held.drain(..) {
-            self.mailbox.post(&self.pool, item);
-        }
         g.io_running = false;
         g.waker = None;
         drop(g);

@@ -123,6 +123,16 @@ impl Mailbox {
         room
     }
 
+    /// Bytes left under the cap (0 when full).
+    pub(crate) fn room(&self) -> usize {
+        let mut st = lock(&self.state);
+        let room = self.cap.saturating_sub(st.bytes);
+        if room == 0 {
+            st.over = true;
+        }
+        room
+    }
+
     /// Posts an item. Never blocks; the caller checks
     /// [`has_room`](Self::has_room) first.
     pub(crate) fn post(self: &Arc<Self>, pool: &Pool, item: Item) {

@@ -1,4 +1,4 @@
-//! `close_all` and `disconnect` leave no thread running and no socket open.
+//! `shutdown` and `disconnect` leave no thread running and no socket open.
 //!
 //! Alone in its own test binary: it counts the whole process's threads and
 //! sockets, which tests running in parallel would disturb.
@@ -38,7 +38,7 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 #[test]
-fn close_all_and_disconnect_leave_no_thread_and_no_socket() {
+fn shutdown_and_disconnect_leave_no_thread_and_no_socket() {
     // Warm up lazily created process-wide resources first.
     let threads0 = veltix_tests::thread_count();
     let sockets0 = veltix_tests::socket_count();
@@ -48,7 +48,7 @@ fn close_all_and_disconnect_leave_no_thread_and_no_socket() {
             .map(|_| {
                 let c = Client::new(client_for(addr)).unwrap();
                 c.connect().unwrap();
-                c.send_and_wait(T, "x", SECS5).unwrap();
+                c.request(T, "x", SECS5).unwrap();
                 c
             })
             .collect();
@@ -57,7 +57,7 @@ fn close_all_and_disconnect_leave_no_thread_and_no_socket() {
         for c in &clients[..2] {
             assert!(c.disconnect());
         }
-        s.close_all();
+        s.shutdown(Duration::from_secs(1));
         for c in &clients[2..] {
             c.disconnect();
         }

@@ -4,7 +4,7 @@
 //! same run as its baseline, so only the ratios are meant to be compared
 //! between machines or runs:
 //!
-//! * `ping`: `Client::ping_server` against a `Server`, sequentially, versus a
+//! * `ping`: `Client::ping` against a `Server`, sequentially, versus a
 //!   raw ping-pong of the same 15-byte PING/PONG frames over blocking
 //!   `std::net` sockets with `TCP_NODELAY`.
 //! * `burst`: one client `send`s 1 000 000 messages of 64 B as fast as it can
@@ -159,7 +159,7 @@ fn ping_both() -> (Latency, Latency) {
     let timeout = Some(Duration::from_secs(5));
     let veltix_ping = || {
         let t = Instant::now();
-        client.ping_server(timeout).expect("ping");
+        client.ping(timeout).expect("ping");
         t.elapsed()
     };
     for _ in 0..PING_WARMUP {
@@ -178,7 +178,7 @@ fn ping_both() -> (Latency, Latency) {
     }
     raw.stop();
     client.disconnect();
-    server.close_all();
+    server.shutdown(Duration::from_secs(5));
     (Latency::of(&mut vx), Latency::of(&mut rw))
 }
 
@@ -222,7 +222,7 @@ struct Arrivals {
 fn send(client: &Client, t: MessageType, p: &Bytes) -> u64 {
     let mut full = 0;
     loop {
-        match client.send(t, p.clone()) {
+        match client.try_send(t, p.clone()) {
             Ok(_) => return full,
             Err(Error::Send(SendError::QueueFull { .. })) => {
                 full += 1;
@@ -243,9 +243,11 @@ fn burst_veltix() -> Burst {
     let (server, port) = local_server(ServerConfig::new("127.0.0.1", 0));
     {
         let a = arrivals.clone();
-        server.route(WARMUP_TYPE, move |_, _, _| {
-            a.warmup.fetch_add(1, Ordering::Relaxed);
-        });
+        server
+            .route(WARMUP_TYPE, move |_, _, _| {
+                a.warmup.fetch_add(1, Ordering::Relaxed);
+            })
+            .expect("route");
         let a = arrivals.clone();
         let (common, last) = (payload.clone(), last.clone());
         server.on_recv(move |_, _, msg| {
@@ -297,7 +299,7 @@ fn burst_veltix() -> Burst {
     let count = arrivals.count.load(Ordering::Relaxed);
     let wrong = arrivals.wrong.load(Ordering::Relaxed);
     client.disconnect();
-    server.close_all();
+    server.shutdown(Duration::from_secs(5));
     assert_eq!(
         count, BURST,
         "server received {count} messages, sent {BURST}"

@@ -1,21 +1,26 @@
-//! The blocking [`Client`].
+//! The blocking [`Client`]: the core's [`ClientSession`] behind one mutex,
+//! one mio I/O thread that dials and moves bytes, callbacks on the pool.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use veltix_proto::retry::{NextStep, Reconnect};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
 use veltix_proto::{
-    ClientConfig, CloseReason, Connection, ConnectionConfig, DisconnectReason, DisconnectState,
-    Frame, MessageType, PeerHello, Router,
+    ClientConfig, ClientSession, CloseReason, ConnectionStats, DisconnectState, Error, Frame,
+    MessageType, PeerHello, Reply, RequestFailure, Router, SendError, SessionEvent, Wait,
 };
 
-use crate::link::{Link, Sink};
-use crate::pool::{lock, Mailbox, Pool};
-use veltix_proto::Error;
+use crate::io::{self, Flushed, Output, Read1};
+use crate::pool::{lock, wait_until, Item, Mailbox, Pool, MAILBOX_BYTES};
+use crate::server::WAIT_MARGIN;
+
+const WAKER: Token = Token(0);
+const CONN: Token = Token(1);
 
 type ConnectFn = dyn Fn(&Client) + Send + Sync;
 type DisconnectFn = dyn Fn(&Client, &DisconnectState) + Send + Sync;
@@ -28,36 +33,71 @@ struct Callbacks {
     router: Router<Arc<MessageFn>>,
 }
 
-struct State {
-    link: Option<Arc<Link>>,
-    /// Links that ended, to join.
-    old_links: Vec<Arc<Link>>,
-    pool: Option<Arc<Pool>>,
-    reconnect: Reconnect,
-    /// `disconnect()` was called: no more attempts, no more reports.
-    manual: bool,
-    /// `stop_retry()` was called.
-    stop_retry: bool,
-    supervisor: Option<JoinHandle<()>>,
+/// Everything under the one lock: the core and what waiters need.
+struct Core {
+    session: ClientSession,
+    /// Requests and pings with a blocked caller: their outcome, once known.
+    waiting: HashMap<u16, Option<Result<Reply, RequestFailure>>>,
+    waker: Option<Arc<Waker>>,
+    wake_pending: bool,
+    /// The I/O thread runs (or is starting).
+    io_running: bool,
+    /// `disconnect` gave up waiting for a graceful end: drop everything.
+    abort: bool,
+    /// Bumped with every connect outcome (Connected or GaveUp), after the
+    /// callbacks queued before it ran.
+    outcome_gen: u64,
+    outcome: Option<Result<(), Error>>,
+    peer_addr: Option<SocketAddr>,
+    local_addr: Option<SocketAddr>,
 }
 
-struct Inner {
+impl Core {
+    fn wake(&mut self) {
+        if !self.wake_pending {
+            if let Some(w) = &self.waker {
+                self.wake_pending = true;
+                if let Err(e) = w.wake() {
+                    tracing::warn!(error = %e, "cannot wake the I/O thread");
+                }
+            }
+        }
+    }
+    fn idle(&self) -> bool {
+        !self.session.is_connected()
+            && !self.session.is_connecting()
+            && self.session.transport().is_none()
+    }
+}
+
+#[derive(Default)]
+struct Control {
+    io: Option<JoinHandle<()>>,
+    pool: Option<(Arc<Pool>, Arc<Mailbox>)>,
+}
+
+struct Shared {
     config: ClientConfig,
-    connection: Arc<ConnectionConfig>,
+    core: Mutex<Core>,
+    /// Signalled on outcomes, written output, connect results, the I/O thread's end.
+    cv: Condvar,
     callbacks: RwLock<Callbacks>,
-    state: Mutex<State>,
-    /// Wakes a retry delay early (`stop_retry`, `disconnect`).
-    wake: Condvar,
-    mailbox: Arc<Mailbox>,
+    control: Mutex<Control>,
+    /// The current I/O thread's waker, for the mailbox's "room again" hook.
+    waker_slot: Arc<Mutex<Option<Arc<Waker>>>>,
 }
 
 /// A Veltix client on std threads.
 ///
-/// `connect` blocks until the handshake is done. Messages that answer no
-/// `send_and_wait` go to the route of their type or to `on_recv`, on a pool
-/// of `max_workers` threads, one at a time and in arrival order.
-/// A dropped connection is retried per `retry`/`retry_delay` (and the
-/// optional backoff), with every step reported to `on_disconnect`.
+/// The reconnect policy, attempts and `on_disconnect` reports are the
+/// core's [`ClientSession`]; one I/O thread (a `mio` readiness loop) dials
+/// and moves bytes while the client connects or is connected. Messages that
+/// answer no `request` go to the route of their type or to `on_recv`, on a
+/// pool of `max_workers` threads, one at a time and in arrival order.
+///
+/// The I/O thread and the pool run while the client connects or is
+/// connected, even if every handle is dropped: end with
+/// [`disconnect`](Self::disconnect).
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -66,13 +106,13 @@ struct Inner {
 /// let client = Client::new(ClientConfig::new("127.0.0.1", 8080).retry(3)).unwrap();
 /// client.on_recv(|_client, msg| println!("got {:?}", msg.text()));
 /// client.connect().unwrap();
-/// let reply = client.send_and_wait(MessageType::new(200), "hello", None).unwrap();
+/// let reply = client.request(MessageType::new(200), "hello", None).unwrap();
 /// println!("reply: {}", reply.text().unwrap());
-/// println!("rtt: {:?}", client.ping_server(None));
+/// println!("rtt: {:?}", client.ping(None));
 /// client.disconnect();
 /// ```
 #[derive(Clone)]
-pub struct Client(Arc<Inner>);
+pub struct Client(Arc<Shared>);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,72 +126,16 @@ impl std::fmt::Debug for Client {
     }
 }
 
-struct ClientSink {
-    client: Weak<Inner>,
-    pool: Arc<Pool>,
-}
-
-impl Sink for ClientSink {
-    fn connected(&self, _link: &Arc<Link>, _peer: PeerHello) {}
-
-    fn messages(&self, _link: &Arc<Link>, frames: Vec<Frame>) {
-        let Some(inner) = self.client.upgrade() else {
-            return;
-        };
-        let client = Client(inner.clone());
-        let guard = self.pool.guard();
-        inner.mailbox.post(
-            &self.pool,
-            Box::new(move || {
-                for f in frames {
-                    let handler = client.callbacks_read().router.handler(f.message_type).cloned();
-                    match handler {
-                        Some(h) => guard.call("route/on_recv", || h(&client, f)),
-                        None => tracing::debug!(message_type = %f.message_type, "no handler; message dropped"),
-                    }
-                }
-            }),
-        );
-    }
-
-    fn closed(&self, link: &Arc<Link>, reason: CloseReason, was_established: bool) {
-        let Some(inner) = self.client.upgrade() else {
-            return;
-        };
-        let client = Client(inner);
-        let mut st = lock(&client.0.state);
-        if st.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
-            st.link = None;
-            st.old_links.push(link.clone());
-        }
-        if !was_established || st.manual || reason == CloseReason::Local {
-            return;
-        }
-        tracing::info!(%reason, "connection lost");
-        let c = client.clone();
-        let spawned = std::thread::Builder::new()
-            .name("veltix-reconnect".into())
-            .spawn(move || {
-                let _ = c.retry_loop(
-                    Some((Error::Closed(reason), DisconnectReason::ServerClosed)),
-                    false,
-                );
-            });
-        match spawned {
-            Ok(h) => {
-                if let Some(old) = st.supervisor.replace(h) {
-                    // The previous loop has ended (it spawned this link); reap it.
-                    drop(st);
-                    let _ = old.join();
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "cannot start the reconnect thread"),
-        }
+fn reserved(t: MessageType) -> Result<(), Error> {
+    if t.is_system() {
+        Err(Error::Send(SendError::ReservedType(t)))
+    } else {
+        Ok(())
     }
 }
 
 impl Client {
-    /// A client (not connected yet).
+    /// A client (validated, not connected; no I/O).
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid setting.
@@ -163,24 +147,31 @@ impl Client {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         });
-        Ok(Client(Arc::new(Inner {
-            connection: config.connection_config(),
-            state: Mutex::new(State {
-                link: None,
-                old_links: Vec::new(),
-                pool: None,
-                reconnect: Reconnect::new(config.retry_policy(), seed),
-                manual: false,
-                stop_retry: false,
-                supervisor: None,
-            }),
+        let session = ClientSession::new(&config, seed, Instant::now());
+        Ok(Client(Arc::new(Shared {
             config,
+            core: Mutex::new(Core {
+                session,
+                waiting: HashMap::new(),
+                waker: None,
+                wake_pending: false,
+                io_running: false,
+                abort: false,
+                outcome_gen: 0,
+                outcome: None,
+                peer_addr: None,
+                local_addr: None,
+            }),
+            cv: Condvar::new(),
             callbacks: RwLock::new(Callbacks::default()),
-            wake: Condvar::new(),
-            mailbox: Arc::new(Mailbox::default()),
+            control: Mutex::new(Control::default()),
+            waker_slot: Arc::new(Mutex::new(None)),
         })))
     }
 
+    fn core(&self) -> MutexGuard<'_, Core> {
+        lock(&self.0.core)
+    }
     fn callbacks_read(&self) -> std::sync::RwLockReadGuard<'_, Callbacks> {
         self.0.callbacks.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -188,7 +179,7 @@ impl Client {
         self.0.callbacks.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Called after every successful connect (first one and reconnects).
+    /// Called after every successful connect (the first one and reconnects).
     pub fn on_connect(&self, f: impl Fn(&Client) + Send + Sync + 'static) {
         self.callbacks().on_connect = Some(Arc::new(f));
     }
@@ -200,13 +191,22 @@ impl Client {
     pub fn on_recv(&self, f: impl Fn(&Client, Frame) + Send + Sync + 'static) {
         self.callbacks().router.set_fallback(Arc::new(f));
     }
-    /// Routes one message type to a handler; `false` if it already has one.
+    /// Routes one message type to a handler.
+    ///
+    /// # Errors
+    /// [`Error::Send`]`(`[`SendError::ReservedType`]`)` below 200,
+    /// [`Error::RouteExists`] if the type has a route (the first one stays).
     pub fn route(
         &self,
-        message_type: MessageType,
+        t: MessageType,
         f: impl Fn(&Client, Frame) + Send + Sync + 'static,
-    ) -> bool {
-        self.callbacks().router.route(message_type, Arc::new(f))
+    ) -> Result<(), Error> {
+        reserved(t)?;
+        if self.callbacks().router.route(t, Arc::new(f)) {
+            Ok(())
+        } else {
+            Err(Error::RouteExists(t))
+        }
     }
 
     /// The configuration.
@@ -214,331 +214,756 @@ impl Client {
         &self.0.config
     }
 
-    fn fire_connect(&self) {
-        let cb = self.callbacks_read().on_connect.clone();
-        if let Some(cb) = cb {
-            if catch_unwind(AssertUnwindSafe(|| cb(self))).is_err() {
-                tracing::error!("on_connect panicked");
-            }
-        }
-    }
-
-    fn fire_disconnect(&self, state: &DisconnectState) {
-        tracing::debug!(?state, "disconnect state");
-        let cb = self.callbacks_read().on_disconnect.clone();
-        if let Some(cb) = cb {
-            if catch_unwind(AssertUnwindSafe(|| cb(self, state))).is_err() {
-                tracing::error!("on_disconnect panicked");
-            }
-        }
-    }
-
-    fn resolve(&self) -> Result<SocketAddr, Error> {
-        let c = &self.0.config;
-        let name = format!("{}:{}", c.server_addr, c.port);
-        (c.server_addr.as_str(), c.port)
-            .to_socket_addrs()
-            .map_err(|_| Error::Resolve(name.clone()))?
-            .next()
-            .ok_or(Error::Resolve(name))
-    }
-
-    /// One TCP connect and handshake.
-    fn dial(&self, pool: &Arc<Pool>) -> Result<Arc<Link>, Error> {
-        let addr = self.resolve()?;
-        let timeout = self.0.config.handshake_timeout;
-        let sock = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| Error::from_connect(e, addr, timeout))?;
-        let conn = Connection::client(self.0.connection.clone(), Instant::now());
-        let sink = Arc::new(ClientSink {
-            client: Arc::downgrade(&self.0),
-            pool: pool.clone(),
-        });
-        let link = Link::spawn(sock, conn, sink, self.0.config.buffer_size, "veltix-client")?;
-        match link.wait_established() {
-            Ok(_) => Ok(link),
-            Err(reason) => {
-                link.join();
-                Err(Error::from_handshake_close(reason, timeout))
-            }
-        }
-    }
-
-    /// Sleeps `d` unless stopped; `false` if `stop_retry`/`disconnect` interrupted it.
-    fn sleep_unless_stopped(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
-        let mut st = lock(&self.0.state);
-        loop {
-            if st.manual || st.stop_retry {
-                return false;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return true;
-            }
-            st = self
-                .0
-                .wake
-                .wait_timeout(st, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
-        }
-    }
-
-    /// Dials until connected or the policy gives up. `first` is a failure
-    /// that already happened (a dropped session).
-    fn retry_loop(
-        &self,
-        mut first: Option<(Error, DisconnectReason)>,
-        initial: bool,
-    ) -> Result<(), Error> {
-        loop {
-            if let Some((err, reason)) = first.take() {
-                let step = {
-                    let mut st = lock(&self.0.state);
-                    if st.manual {
-                        return Err(err);
-                    }
-                    st.reconnect.on_failure(reason.clone())
-                };
-                for r in &step.reports {
-                    self.fire_disconnect(r);
-                }
-                match step.next {
-                    NextStep::GiveUp => return Err(err),
-                    NextStep::RetryAfter(d) => {
-                        if !self.sleep_unless_stopped(d) {
-                            let report = {
-                                let mut st = lock(&self.0.state);
-                                (!st.manual).then(|| st.reconnect.stop(reason))
-                            };
-                            if let Some(r) = report {
-                                self.fire_disconnect(&r);
-                            }
-                            return Err(err);
+    /// Starts the pool and the I/O thread if they are not running, and wakes it.
+    fn ensure_running(&self) -> Result<(), Error> {
+        let mut ctl = lock(&self.0.control);
+        if ctl.pool.is_none() {
+            let pool = Arc::new(Pool::new(self.0.config.max_workers, "veltix-client")?);
+            let slot = self.0.waker_slot.clone();
+            // Weak: the mailbox lives in this client's own state.
+            let weak = Arc::downgrade(&self.0);
+            let mailbox = Mailbox::new(
+                MAILBOX_BYTES,
+                move |f: Frame| {
+                    let Some(shared) = weak.upgrade() else { return };
+                    let client = Client(shared);
+                    match client.handler(f.message_type) {
+                        Some(h) => h(&client, f),
+                        None => {
+                            tracing::debug!(message_type = %f.message_type, "no handler; message dropped")
                         }
                     }
-                }
+                },
+                move || {
+                    if let Some(w) = lock(&slot).as_ref() {
+                        let _ = w.wake();
+                    }
+                },
+            );
+            ctl.pool = Some((pool, mailbox));
+        }
+        let (pool, mailbox) = ctl.pool.clone().expect("set above");
+        let mut g = self.core();
+        if g.io_running {
+            g.wake();
+            return Ok(());
+        }
+        if let Some(h) = ctl.io.take() {
+            // It has decided to exit (under the lock) and no longer needs it.
+            drop(g);
+            let _ = h.join();
+            g = self.core();
+        }
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        g.waker = Some(waker.clone());
+        g.wake_pending = false;
+        g.io_running = true;
+        g.abort = false;
+        drop(g);
+        *lock(&self.0.waker_slot) = Some(waker.clone());
+        let mut io = ClientIo {
+            client: self.clone(),
+            poll,
+            pool,
+            mailbox,
+            conn: None,
+            held: VecDeque::new(),
+            buf: vec![0; self.0.config.buffer_size.max(io::READ_CHUNK)],
+        };
+        let spawned = std::thread::Builder::new()
+            .name("veltix-client-io".into())
+            .spawn(move || io.run());
+        match spawned {
+            Ok(h) => {
+                ctl.io = Some(h);
+                Ok(())
             }
-            let pool = {
-                let mut st = lock(&self.0.state);
-                if st.manual {
-                    return Err(Error::NotConnected);
-                }
-                match &st.pool {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = Arc::new(Pool::new(self.0.config.max_workers, "veltix-client")?);
-                        st.pool = Some(p.clone());
-                        p
-                    }
-                }
-            };
-            match self.dial(&pool) {
-                Ok(link) => {
-                    {
-                        let mut st = lock(&self.0.state);
-                        if st.manual {
-                            drop(st);
-                            link.close();
-                            link.join();
-                            return Err(Error::NotConnected);
-                        }
-                        st.link = Some(link);
-                        st.reconnect.on_success();
-                    }
-                    tracing::info!(server = %format_args!("{}:{}", self.0.config.server_addr, self.0.config.port), "connected");
-                    self.fire_connect();
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "connect attempt failed");
-                    let reason = e.disconnect_reason(initial);
-                    first = Some((e, reason));
-                }
+            Err(e) => {
+                let mut g = self.core();
+                g.io_running = false;
+                g.waker = None;
+                g.session.disconnect(Instant::now());
+                Err(Error::Io(e))
             }
         }
     }
 
     /// Connects and completes the handshake, retrying per the policy.
-    /// A rejection (`server_full`) on this first connect is returned at once.
+    /// Returns once connected (after `on_connect` ran) or once the session
+    /// gave up (after the `on_disconnect` reports ran). A rejection
+    /// (`server_full`) on this first connect is final at once. Do not call
+    /// it from a callback of this client (it would wait for itself).
     ///
     /// # Errors
-    /// [`Error::Refused`], [`Error::TimedOut`], [`Error::Rejected`],
-    /// [`Error::VersionMismatch`], [`Error::Handshake`], ... (the last failure).
+    /// The last failure: [`Error::Refused`], [`Error::TimedOut`],
+    /// [`Error::Rejected`], [`Error::VersionMismatch`], [`Error::Handshake`], ...
     pub fn connect(&self) -> Result<(), Error> {
-        {
-            let mut st = lock(&self.0.state);
-            if st.link.as_ref().is_some_and(|l| l.is_established()) {
+        let gen = {
+            let mut g = self.core();
+            if g.session.is_connected() {
                 return Ok(());
             }
-            st.manual = false;
-            st.stop_retry = false;
+            g.session.connect(Instant::now());
+            g.outcome_gen
+        };
+        self.ensure_running()?;
+        let mut g = self.core();
+        while g.outcome_gen == gen {
+            g = wait_until(&self.0.cv, g, None);
         }
-        self.retry_loop(None, true)
+        g.outcome.take().unwrap_or(Ok(()))
     }
 
-    /// Starts a fresh retry loop in the background (Veltix's `retry(max_)`),
-    /// with `max` attempts (default: the config's `retry`).
-    ///
-    /// # Errors
-    /// [`Error::Io`] if the thread cannot be spawned.
-    pub fn retry(&self, max: Option<u32>) -> Result<(), Error> {
-        let mut st = lock(&self.0.state);
-        if st.link.as_ref().is_some_and(|l| l.is_established()) {
-            return Ok(());
+    /// Starts a fresh retry loop in the background (Veltix's `retry(max_)`)
+    /// with `max` attempts (default: the config's `retry`). No-op while
+    /// connected or connecting.
+    pub fn retry(&self, max: Option<u32>) {
+        self.core().session.retry(Instant::now(), max);
+        if let Err(e) = self.ensure_running() {
+            tracing::error!(error = %e, "cannot start the client's I/O thread");
         }
-        st.manual = false;
-        st.stop_retry = false;
-        st.reconnect.restart(max);
-        let c = self.clone();
-        let h = std::thread::Builder::new()
-            .name("veltix-reconnect".into())
-            .spawn(move || {
-                let _ = c.retry_loop(None, false);
-            })?;
-        if let Some(old) = st.supervisor.replace(h) {
-            drop(st);
-            let _ = old.join();
-        }
-        Ok(())
     }
 
-    /// Cancels a running retry loop (it reports a permanent state).
+    /// Cancels a running retry loop (it reports a permanent state); if none
+    /// runs, the next failure is final.
     pub fn stop_retry(&self) {
-        lock(&self.0.state).stop_retry = true;
-        self.0.wake.notify_all();
+        let mut g = self.core();
+        g.session.stop_retry(Instant::now());
+        g.wake();
     }
 
     /// Whether the handshake is done and the connection open.
     pub fn is_connected(&self) -> bool {
-        lock(&self.0.state)
-            .link
-            .as_ref()
-            .is_some_and(|l| l.is_established())
+        self.core().session.is_connected()
     }
 
-    fn link(&self) -> Result<Arc<Link>, Error> {
-        lock(&self.0.state)
-            .link
-            .clone()
-            .filter(|l| l.is_established())
-            .ok_or(Error::NotConnected)
-    }
-
-    /// Sends a message; returns its request id.
+    /// Sends a message, waiting while the outbound queue is full, up to
+    /// `timeout` (`None`: the config's `request_timeout`).
     ///
     /// # Errors
-    /// [`Error::NotConnected`], or the core's refusal ([`Error::Send`]).
-    pub fn send(&self, t: MessageType, payload: impl Into<Bytes>) -> Result<u16, Error> {
-        self.link()?.send(t, payload.into())
+    /// [`Error::TimedOut`]`{ what: Wait::Send, .. }`, [`Error::NotConnected`],
+    /// [`Error::Closed`], [`Error::Send`].
+    pub fn send(
+        &self,
+        t: MessageType,
+        payload: impl Into<Bytes>,
+        timeout: Option<Duration>,
+    ) -> Result<u16, Error> {
+        let payload = payload.into();
+        let timeout = timeout.unwrap_or(self.0.config.request_timeout);
+        let deadline = Instant::now() + timeout;
+        let mut g = self.core();
+        loop {
+            match g.session.send(t, payload.clone()) {
+                Ok(id) => {
+                    g.wake();
+                    return Ok(id);
+                }
+                Err(SendError::QueueFull { .. }) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::TimedOut {
+                            what: Wait::Send,
+                            after: timeout,
+                        });
+                    }
+                    g.wake();
+                    g = wait_until(&self.0.cv, g, Some(deadline));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
-    /// Answers `request` with the same id.
+    /// Sends a message without waiting.
     ///
     /// # Errors
-    /// As [`send`](Self::send).
+    /// [`Error::Send`]`(`[`SendError::QueueFull`]`)` when the queue is full,
+    /// [`Error::NotConnected`], ...
+    pub fn try_send(&self, t: MessageType, payload: impl Into<Bytes>) -> Result<u16, Error> {
+        let mut g = self.core();
+        let id = g.session.send(t, payload)?;
+        g.wake();
+        Ok(id)
+    }
+
+    /// Answers `request` with the same id (without waiting).
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send).
     pub fn reply(
         &self,
         request: &Frame,
         t: MessageType,
         payload: impl Into<Bytes>,
     ) -> Result<(), Error> {
-        self.link()?
-            .send_with_id(t, request.request_id, payload.into())
+        let mut g = self.core();
+        g.session.reply(request.request_id, t, payload)?;
+        g.wake();
+        Ok(())
     }
 
-    /// Sends a request and waits for the first frame carrying its id.
-    /// `None` uses the config's `request_timeout` (5 s).
+    fn wait_outcome(
+        &self,
+        mut g: MutexGuard<'_, Core>,
+        id: u16,
+        what: Wait,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<Reply, Error> {
+        loop {
+            if let Some(Some(_)) = g.waiting.get(&id) {
+                let outcome = g.waiting.remove(&id).flatten().expect("checked");
+                return outcome.map_err(|f| Error::from_request_failure(f, what, timeout));
+            }
+            if Instant::now() >= deadline {
+                g.waiting.remove(&id);
+                g.session.cancel_request(id);
+                return Err(Error::TimedOut {
+                    what,
+                    after: timeout,
+                });
+            }
+            g = wait_until(&self.0.cv, g, Some(deadline));
+        }
+    }
+
+    /// Sends a request and waits for the frame carrying its id. `None`:
+    /// the config's `request_timeout`.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::Closed`] (the connection dropped), ...
-    pub fn send_and_wait(
+    /// [`Error::TimedOut`]`{ what: Wait::Request, .. }`, [`Error::Closed`]
+    /// (the connection dropped), [`Error::NotConnected`], ...
+    #[doc(alias = "send_and_wait")]
+    pub fn request(
         &self,
         t: MessageType,
         payload: impl Into<Bytes>,
         timeout: Option<Duration>,
     ) -> Result<Frame, Error> {
         let timeout = timeout.unwrap_or(self.0.config.request_timeout);
-        self.link()?.request(t, payload.into(), timeout)
+        let now = Instant::now();
+        let mut g = self.core();
+        let id = g.session.request(now, t, payload, timeout)?;
+        g.waiting.insert(id, None);
+        g.wake();
+        match self.wait_outcome(g, id, Wait::Request, timeout, now + timeout + WAIT_MARGIN)? {
+            Reply::Frame(f) => Ok(f),
+            _ => Err(Error::Closed(CloseReason::Local)),
+        }
     }
 
-    /// PINGs the server: the round-trip time, or why there is none.
+    /// PINGs the server: the round-trip time.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::NotConnected`], [`Error::Closed`], ...
+    /// [`Error::TimedOut`]`{ what: Wait::Ping, .. }`, [`Error::NotConnected`],
+    /// [`Error::Closed`], ...
+    #[doc(alias = "ping_server")]
     pub fn ping(&self, timeout: Option<Duration>) -> Result<Duration, Error> {
         let timeout = timeout.unwrap_or(self.0.config.request_timeout);
-        self.link()?.ping(timeout)
+        let now = Instant::now();
+        let mut g = self.core();
+        let id = g.session.ping(now, timeout)?;
+        g.waiting.insert(id, None);
+        g.wake();
+        match self.wait_outcome(g, id, Wait::Ping, timeout, now + timeout + WAIT_MARGIN)? {
+            Reply::Pong(rtt) => Ok(rtt),
+            _ => Err(Error::Closed(CloseReason::Local)),
+        }
+    }
+
+    /// Closes the connection (queued output drains within the config's
+    /// `deadlines.flush_timeout`), stops retrying, waits for the I/O thread
+    /// and the pool. Messages not yet handed to a handler are dropped; the
+    /// `(permanent, Manual)` report still runs. Bounded in time (unless a
+    /// callback never returns). `true` if a connection was open.
+    pub fn disconnect(&self) -> bool {
+        let now = Instant::now();
+        let limit = now + self.0.config.deadlines.flush_timeout + Duration::from_millis(250);
+        let was = {
+            let mut g = self.core();
+            let was = g.session.is_connected();
+            g.session.disconnect(now);
+            g.wake();
+            while g.io_running && Instant::now() < limit {
+                g = wait_until(&self.0.cv, g, Some(limit));
+            }
+            if g.io_running {
+                tracing::warn!("disconnect: the connection did not end in time; cutting it");
+                g.abort = true;
+                g.wake();
+            }
+            was
+        };
+        let (io, pool) = {
+            let mut ctl = lock(&self.0.control);
+            (ctl.io.take(), ctl.pool.take())
+        };
+        if let Some(h) = io {
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+        if let Some((pool, mailbox)) = pool {
+            let dropped = mailbox.discard_messages();
+            if dropped > 0 {
+                tracing::debug!(dropped, "disconnect: messages not yet handled were dropped");
+            }
+            pool.shutdown();
+        }
+        was
+    }
+
+    /// Blocks until the client neither is connected nor connecting (it gave
+    /// up or disconnected).
+    pub fn wait_closed(&self) {
+        let mut g = self.core();
+        while !g.idle() {
+            g = wait_until(&self.0.cv, g, None);
+        }
     }
 
     /// The server's hello (`v`, `pv`, `meta`) of the current connection.
     pub fn server_hello(&self) -> Option<PeerHello> {
-        self.link().ok().and_then(|l| l.peer_hello())
+        self.core().session.peer_hello().cloned()
     }
 
-    /// PINGs the server: the round-trip time, or `None` on timeout or error
-    /// (Veltix's `ping_server`; [`ping`](Self::ping) says why).
-    pub fn ping_server(&self, timeout: Option<Duration>) -> Option<Duration> {
-        let timeout = timeout.unwrap_or(self.0.config.request_timeout);
-        self.link().and_then(|l| l.ping(timeout)).ok()
+    /// The server's address, while a connection is open.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.core().peer_addr
     }
 
-    /// Closes the connection (queued frames are flushed first), stops any
-    /// retry, reports `(permanent, Manual)` and waits for every thread of this
-    /// client to end. Returns whether a connection was open.
-    pub fn disconnect(&self) -> bool {
-        let (link, supervisor, pool, old, attempt, retry_max) = {
-            let mut st = lock(&self.0.state);
-            st.manual = true;
-            (
-                st.link.take(),
-                st.supervisor.take(),
-                st.pool.take(),
-                std::mem::take(&mut st.old_links),
-                st.reconnect.attempt(),
-                st.reconnect.budget(),
-            )
-        };
-        self.0.wake.notify_all();
-        let me = std::thread::current().id();
-        if let Some(h) = supervisor {
-            if h.thread().id() != me {
-                let _ = h.join();
+    /// This side's address, while a connection is open.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.core().local_addr
+    }
+
+    /// Counters of the current connection; `None` while not connected.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        let g = self.core();
+        if g.session.is_connected() {
+            g.session.stats()
+        } else {
+            None
+        }
+    }
+
+    fn handler(&self, t: MessageType) -> Option<Arc<MessageFn>> {
+        self.callbacks_read().router.handler(t).cloned()
+    }
+
+    /// Records a connect outcome (from a job, after the callbacks before it).
+    fn set_outcome(&self, r: Result<(), Error>) {
+        let mut g = self.core();
+        g.outcome_gen += 1;
+        g.outcome = Some(r);
+        drop(g);
+        self.0.cv.notify_all();
+    }
+}
+
+// ------------------------------------------------------------------ I/O loop
+
+struct Conn {
+    transport: u64,
+    stream: TcpStream,
+    /// TCP connect in progress.
+    dialing: bool,
+    pending: VecDeque<Bytes>,
+    readable: bool,
+    /// A readiness event arrived since the last pass.
+    event: bool,
+    interest: Option<Interest>,
+}
+
+struct SessionOut<'a> {
+    core: &'a Mutex<Core>,
+    transport: u64,
+    now: Instant,
+}
+
+impl Output for SessionOut<'_> {
+    fn exchange(&mut self, written: usize, pending: &mut VecDeque<Bytes>) {
+        let mut g = lock(self.core);
+        if g.session.transport() != Some(self.transport) {
+            // Not the session's transport any more: dropped after the flush.
+            pending.clear();
+            return;
+        }
+        if written > 0 {
+            g.session.handle_written(self.now, written);
+        }
+        while let Some(b) = g.session.poll_transmit() {
+            if !b.is_empty() {
+                pending.push_back(b);
             }
         }
-        let was_connected = link.is_some();
-        for l in link.iter().chain(old.iter()) {
-            l.close();
-            l.join();
+    }
+}
+
+struct ClientIo {
+    client: Client,
+    poll: Poll,
+    pool: Arc<Pool>,
+    mailbox: Arc<Mailbox>,
+    conn: Option<Conn>,
+    /// Items taken from the core in this pass, not yet in the mailbox (at
+    /// most one past the mailbox's cap; the socket is not read while this
+    /// is non-empty).
+    held: VecDeque<Item>,
+    buf: Vec<u8>,
+}
+
+enum Step {
+    Sleep(Option<Duration>),
+    Exit,
+}
+
+impl ClientIo {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(16);
+        let mut timeout = Some(Duration::ZERO);
+        loop {
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "poll failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            for ev in events.iter() {
+                if ev.token() == CONN {
+                    if let Some(c) = self.conn.as_mut() {
+                        c.event = true;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            c.readable = true;
+                        }
+                    }
+                }
+            }
+            match self.pass() {
+                Step::Sleep(t) => timeout = t,
+                Step::Exit => return,
+            }
         }
-        // Links that ended while we were joining.
-        // (Taken outside the loop: a closing reader needs this lock.)
-        let ended = std::mem::take(&mut lock(&self.0.state).old_links);
-        for l in ended {
-            l.join();
-        }
-        if was_connected {
-            self.fire_disconnect(&DisconnectState {
-                permanent: true,
-                attempt,
-                retry_max,
-                reason: DisconnectReason::Manual,
-            });
-        }
-        if let Some(p) = pool {
-            p.shutdown();
-        }
-        was_connected
     }
 
-    /// Counters of the current connection's core.
-    pub fn stats(&self) -> Option<veltix_proto::ConnectionStats> {
-        self.link().ok().map(|l| l.stats())
+    fn can_take(&self) -> bool {
+        self.held.is_empty() && self.mailbox.has_room()
     }
 
-    /// The server's address of the current connection.
-    pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.link().ok().map(|l| l.peer_addr())
+    fn pass(&mut self) -> Step {
+        let shared = self.client.0.clone();
+        let mut g = lock(&shared.core);
+        g.wake_pending = false;
+        let mut now = Instant::now();
+        if g.abort {
+            if self.conn.is_some() {
+                let cut = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+                g.session.handle_transport_error(now, &cut);
+            }
+            self.drop_conn(&mut g);
+            return self.exit(g);
+        }
+        let mut notify = false;
+
+        // A dial in progress: done, failed, or still waiting.
+        let name = self.name();
+        if let Some(c) = self.conn.as_mut().filter(|c| c.dialing && c.event) {
+            c.event = false;
+            let r = match c.stream.take_error() {
+                Ok(Some(e)) | Err(e) => Some(Err(e)),
+                Ok(None) => match c.stream.peer_addr() {
+                    Ok(a) => Some(Ok(a)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotConnected => None,
+                    Err(e) => Some(Err(e)),
+                },
+            };
+            match r {
+                Some(Ok(addr)) => {
+                    c.dialing = false;
+                    let _ = c.stream.set_nodelay(true);
+                    g.peer_addr = Some(addr);
+                    g.local_addr = c.stream.local_addr().ok();
+                    g.session.handle_dialed(now, c.transport);
+                    tracing::debug!(server = %addr, "tcp connected");
+                }
+                Some(Err(e)) => {
+                    let err = Error::from_connect(e, &name, shared.config.handshake_timeout);
+                    g.session.handle_dial_failed(now, c.transport, err);
+                }
+                None => {}
+            }
+        }
+        self.sync_conn(&mut g);
+
+        // Read.
+        // (The lock is released around each read.)
+        if let Some(c) = self.conn.as_mut().filter(|c| !c.dialing && c.readable) {
+            for _ in 0..io::READS_PER_PASS {
+                if !(g.session.wants_input() && self.held.is_empty() && self.mailbox.has_room()) {
+                    break;
+                }
+                drop(g);
+                let r = io::read1(&mut c.stream, &mut self.buf);
+                g = lock(&shared.core);
+                if g.session.transport() != Some(c.transport) {
+                    break;
+                }
+                match r {
+                    Read1::Data(n) => g.session.handle_input(now, &self.buf[..n]),
+                    Read1::Eof => {
+                        g.session.handle_eof(now);
+                        break;
+                    }
+                    Read1::Blocked => {
+                        c.readable = false;
+                        break;
+                    }
+                    Read1::Failed(e) => {
+                        g.session.handle_transport_error(now, &e);
+                        break;
+                    }
+                }
+            }
+        }
+
+        // Timers, dials.
+        loop {
+            if g.session.poll_timeout().is_some_and(|t| t <= now) {
+                g.session.handle_timeout(now);
+            }
+            self.sync_conn(&mut g);
+            let Some(dial) = g.session.poll_dial(now) else {
+                break;
+            };
+            drop(g);
+            let r = self.dial();
+            g = lock(&shared.core);
+            now = Instant::now();
+            match r {
+                Ok(mut stream) => {
+                    match self.poll.registry().register(
+                        &mut stream,
+                        CONN,
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        Ok(()) => {
+                            self.conn = Some(Conn {
+                                transport: dial.transport,
+                                stream,
+                                dialing: true,
+                                pending: VecDeque::new(),
+                                readable: false,
+                                event: false,
+                                interest: Some(Interest::READABLE | Interest::WRITABLE),
+                            });
+                        }
+                        Err(e) => g
+                            .session
+                            .handle_dial_failed(now, dial.transport, Error::Io(e)),
+                    }
+                }
+                Err(e) => g.session.handle_dial_failed(now, dial.transport, e),
+            }
+        }
+
+        // Events.
+        notify |= self.dispatch(&mut g, false);
+
+        // Write.
+        // (Written without the lock; `exchange` takes it briefly.)
+        if let Some(c) = self.conn.as_mut().filter(|c| !c.dialing) {
+            if g.session.has_transmit() || !c.pending.is_empty() {
+                drop(g);
+                let mut out = SessionOut {
+                    core: &shared.core,
+                    transport: c.transport,
+                    now,
+                };
+                let (r, n) = io::flush(&mut c.stream, &mut c.pending, &mut out);
+                notify |= n > 0;
+                g = lock(&shared.core);
+                if let Flushed::Failed(e) = r {
+                    if g.session.transport() == Some(c.transport) {
+                        g.session.handle_transport_error(now, &e);
+                    }
+                    c.pending.clear();
+                }
+            }
+        }
+        notify |= self.dispatch(&mut g, false);
+        self.sync_conn(&mut g);
+
+        if notify {
+            shared.cv.notify_all();
+        }
+
+        if g.idle() {
+            // Nothing left to do: hand the last events over and stop.
+            return self.exit(g);
+        }
+
+        // Interest.
+        let read_ok = g.session.wants_input() && self.can_take();
+        if let Some(c) = self.conn.as_mut() {
+            let want = if c.dialing {
+                Some(Interest::READABLE | Interest::WRITABLE)
+            } else {
+                io::interest(read_ok, !c.pending.is_empty())
+            };
+            io::set_interest(
+                self.poll.registry(),
+                &mut c.stream,
+                CONN,
+                &mut c.interest,
+                want,
+            );
+        }
+        let busy = read_ok && self.conn.as_ref().is_some_and(|c| !c.dialing && c.readable);
+        let deadline = g.session.poll_timeout();
+        drop(g);
+        if busy {
+            return Step::Sleep(Some(Duration::ZERO));
+        }
+        Step::Sleep(deadline.map(|d| d.saturating_duration_since(Instant::now())))
     }
+
+    fn name(&self) -> String {
+        let c = &self.client.0.config;
+        format!("{}:{}", c.server_addr, c.port)
+    }
+
+    /// Resolves and starts a non-blocking TCP connect (outside the lock).
+    fn dial(&self) -> Result<TcpStream, Error> {
+        let c = &self.client.0.config;
+        let name = self.name();
+        let addr = (c.server_addr.as_str(), c.port)
+            .to_socket_addrs()
+            .map_err(|_| Error::Resolve(name.clone()))?
+            .next()
+            .ok_or_else(|| Error::Resolve(name.clone()))?;
+        TcpStream::connect(addr).map_err(|e| Error::from_connect(e, &name, c.handshake_timeout))
+    }
+
+    /// Drops the socket once the session no longer uses it.
+    fn sync_conn(&mut self, g: &mut Core) {
+        if self
+            .conn
+            .as_ref()
+            .is_some_and(|c| g.session.transport() != Some(c.transport))
+        {
+            self.drop_conn(g);
+        }
+    }
+
+    fn drop_conn(&mut self, g: &mut Core) {
+        if let Some(mut c) = self.conn.take() {
+            if c.interest.is_some() {
+                let _ = self.poll.registry().deregister(&mut c.stream);
+            }
+            g.peer_addr = None;
+            g.local_addr = None;
+        }
+    }
+
+    /// Takes completions and events from the core; `true` if a waiter got
+    /// its outcome.
+    ///
+    /// Events are taken only while the mailbox has room (all of them when
+    /// `all`): the rest stay in the core, which then stops reading.
+    /// Request outcomes are always taken.
+    fn dispatch(&mut self, g: &mut Core, all: bool) -> bool {
+        let mut notify = false;
+        while let Some(ev) = g.session.poll_completion() {
+            notify |= complete(g, ev);
+        }
+        if !all {
+            // Leftovers of the last pass first.
+            self.mailbox.post_while_room(&self.pool, &mut self.held);
+        }
+        let mut room = match (all, self.held.is_empty()) {
+            (true, _) => usize::MAX,
+            (false, true) => self.mailbox.room(),
+            (false, false) => 0,
+        };
+        while room > 0 {
+            let Some(ev) = g.session.poll_event() else {
+                break;
+            };
+            let staged = self.held.len();
+            let client = self.client.clone();
+            match ev {
+                SessionEvent::Connected(_) => {
+                    tracing::info!(server = %self.name(), "connected");
+                    self.enqueue(Item::Job(Box::new(move || {
+                        let cb = client.callbacks_read().on_connect.clone();
+                        if let Some(cb) = cb {
+                            cb(&client);
+                        }
+                        client.set_outcome(Ok(()));
+                    })));
+                }
+                SessionEvent::Message(f) => self.enqueue(Item::Message(f)),
+                SessionEvent::Disconnected(state) => {
+                    tracing::debug!(?state, "disconnect state");
+                    self.enqueue(Item::Job(Box::new(move || {
+                        let cb = client.callbacks_read().on_disconnect.clone();
+                        if let Some(cb) = cb {
+                            cb(&client, &state);
+                        }
+                    })));
+                }
+                SessionEvent::GaveUp(e) => {
+                    tracing::debug!(error = %e, "gave up connecting");
+                    self.enqueue(Item::Job(Box::new(move || client.set_outcome(Err(e)))));
+                }
+                ev @ SessionEvent::Completed { .. } => notify |= complete(g, ev),
+                _ => {}
+            }
+            if self.held.len() > staged {
+                room = room.saturating_sub(self.held.back().map_or(0, Item::cost));
+            }
+        }
+        if all {
+            for item in self.held.drain(..) {
+                self.mailbox.post(&self.pool, item);
+            }
+        } else {
+            self.mailbox.post_while_room(&self.pool, &mut self.held);
+        }
+        notify
+    }
+
+    /// Stages an item for the handlers (handed to the mailbox at the end of
+    /// `dispatch`).
+    fn enqueue(&mut self, item: Item) {
+        self.held.push_back(item);
+    }
+
+    /// Ends the thread: the last events go to the pool (lifecycle ones
+    /// always), the socket is released.
+    fn exit(&mut self, mut g: MutexGuard<'_, Core>) -> Step {
+        self.dispatch(&mut g, true);
+        self.drop_conn(&mut g);
+        g.io_running = false;
+        g.waker = None;
+        drop(g);
+        self.client.0.cv.notify_all();
+        Step::Exit
+    }
+}
+
+/// Hands a request's outcome to its waiter; `true` if one was waiting.
+fn complete(g: &mut Core, ev: SessionEvent) -> bool {
+    if let SessionEvent::Completed {
+        request_id,
+        outcome,
+    } = ev
+    {
+        if let Some(slot) = g.waiting.get_mut(&request_id) {
+            *slot = Some(outcome);
+            return true;
+        }
+    }
+    false
 }

@@ -1,25 +1,47 @@
 //! # veltix-std: blocking Veltix client and server on std threads
 //!
-//! A thin driver over [`veltix_proto`]: it moves bytes and time between
-//! `std::net` sockets and the sans-IO core, and runs your callbacks. Every
-//! protocol rule (framing, handshake, ids, deadlines, PONGs) lives in the core.
-//! It speaks the same wire as the Python `veltix` package 3.x, so either side
-//! of a deployment can be replaced.
+//! A thin driver over the [`veltix_proto`] sans-IO core. Every protocol and
+//! session rule lives in the core: framing, handshake, request ids and
+//! deadlines, PONGs, the client's reconnect policy and `on_disconnect`
+//! reports ([`veltix_proto::ClientSession`]), the server's admission,
+//! registry, tags and broadcast targeting ([`veltix_proto::Hub`]). This
+//! crate only dials, accepts, moves bytes, sleeps until the core's
+//! deadlines and runs your callbacks. It speaks the same wire as the Python
+//! `veltix` package 3.x, so either side of a deployment can be replaced.
 //!
-//! * [`Client`]: `connect`, `send`, `send_and_wait`, `ping_server`, routes,
-//!   `on_recv`/`on_connect`/`on_disconnect`, reconnect per [`ClientConfig`]'s
-//!   `retry`/`retry_delay` (and optional backoff), `disconnect`.
-//! * [`Server`]: `start`, routes and callbacks, `send`, `broadcast` (encoded
-//!   once, to connected clients only), `send_and_wait` (a reply counts only
-//!   from that client), `ping_client`, tags on [`ClientInfo`],
-//!   `clients_by_tag`, `close_client`, `close_all`; `max_connection` refuses
-//!   extra clients with `server_full`.
+//! ## Architecture
 //!
-//! Threads: each connection has a reader and a writer thread; callbacks run on
-//! a pool of `max_workers` threads, serially per connection and in arrival
-//! order (unlike Python veltix, whose pool reorders). A panicking callback is
-//! caught and logged, and the connection goes on. Frames queued while a write
-//! is in flight leave together in one syscall.
+//! * **One I/O thread per [`Server`] and per [`Client`]**, a `mio` readiness
+//!   loop: the listener, every connection and a `mio::Waker`. The core sits
+//!   in one `Mutex`, shared by the I/O thread and your threads; commands
+//!   (`send`, `request`, `broadcast`, ...) lock it, call the core and wake
+//!   the I/O thread. It sleeps until the core's next deadline, reads a
+//!   socket only while the core wants input, waits for writability only
+//!   while it holds unwritten bytes, writes with vectored writes, and drops
+//!   a socket as soon as the core is done with it.
+//! * **Callbacks** (routes, `on_recv`, `on_connect`, `on_disconnect`) run
+//!   on a pool of `max_workers` threads, serially per peer and in arrival
+//!   order (unlike Python veltix, whose pool reorders). A worker serves a
+//!   few jobs of one peer, then the next peer: flooding peers cannot starve
+//!   the others. Each peer's queue is bounded in bytes; while it is full the
+//!   I/O thread stops reading that peer (TCP pushes back), but always takes
+//!   request outcomes, so `request`/`ping` deadlines hold whatever your
+//!   callbacks do. A panicking callback is caught and logged.
+//! * **Blocking calls** park on a condition variable: `request`/`ping`
+//!   until the core's outcome (its deadline fires it), `send` while the
+//!   outbound queue is full (up to its timeout). [`Client::disconnect`] and
+//!   [`Server::shutdown`] end within their flush deadline whatever the peer
+//!   does, and join the I/O thread and the pool.
+//!
+//! ## API
+//!
+//! * [`Client`]: `connect`, `send`/`try_send`/`reply`, `request`
+//!   (`send_and_wait`), `ping` (`ping_server`), routes and callbacks,
+//!   `retry`/`stop_retry`, `disconnect`, `wait_closed`.
+//! * [`Server`]: `start`, routes and callbacks, `send`/`try_send`/`reply`,
+//!   `request`, `ping`, `broadcast`, `broadcast_except`, `broadcast_to`,
+//!   `broadcast_tag`, `clients`, `clients_by_tag`, `close_client`,
+//!   `shutdown` (`close_all`); tags on [`Peer`] (`ClientInfo`).
 //!
 //! ```
 //! use std::time::Duration;
@@ -28,38 +50,40 @@
 //! const ECHO: MessageType = MessageType::new(200);
 //!
 //! let server = Server::new(ServerConfig::new("127.0.0.1", 0)).unwrap();
-//! server.route(ECHO, |server, client, msg| {
-//!     server.reply(client, &msg, ECHO, msg.payload.clone()).unwrap();
-//! });
+//! server.route(ECHO, |server, peer, msg| {
+//!     server.reply(peer, &msg, ECHO, msg.payload.clone()).unwrap();
+//! }).unwrap();
 //! server.start().unwrap();
 //! let port = server.local_addr().unwrap().port();
 //!
 //! let client = Client::new(ClientConfig::new("127.0.0.1", port)).unwrap();
 //! client.connect().unwrap();
-//! let reply = client.send_and_wait(ECHO, "hello", Some(Duration::from_secs(5))).unwrap();
+//! let reply = client.request(ECHO, "hello", Some(Duration::from_secs(5))).unwrap();
 //! assert_eq!(reply.text().unwrap(), "hello");
-//! assert!(client.ping_server(None).is_some());
+//! assert!(client.ping(None).is_ok());
 //!
-//! client.disconnect();
-//! server.close_all();
+//! assert!(client.disconnect());
+//! server.shutdown(Duration::from_secs(1));
 //! ```
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod client;
-mod link;
+mod io;
 mod pool;
 mod server;
 
+pub use bytes::Bytes;
 pub use client::Client;
-pub use server::{ClientInfo, Server};
-pub use veltix_proto::config::{ClientConfig, ServerConfig};
+pub use serde_json::Value;
+pub use server::{ClientInfo, Peer, Server};
 pub use veltix_proto::payload;
-pub use veltix_proto::retry::{Backoff, RetryPolicy};
+pub use veltix_proto::retry::Backoff;
 pub use veltix_proto::{
-    CloseReason, DisconnectReason, DisconnectState, Error, Frame, HandshakeError, LocalHello,
-    MessageType, PeerHello, SharedTags, Tags,
+    ClientConfig, CloseReason, ConfigError, ConnectionStats, Deadlines, DisconnectReason,
+    DisconnectState, Error, Frame, HandshakeError, HubStats, LocalHello, MessageType, PeerHello,
+    RetryPolicy, SendError, ServerConfig, Tags, Wait,
 };
 
 /// The README's code blocks, compiled and run as doctests (`cargo test --doc`).

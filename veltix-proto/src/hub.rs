@@ -125,6 +125,10 @@ struct Peer {
     queued: bool,
     /// In `transmit`.
     transmit_queued: bool,
+    /// In `completions`.
+    completion_queued: bool,
+    /// Its application events are not served (completions still are).
+    paused: bool,
     /// Reported in `finished`, admission released.
     finished: bool,
     timer: Option<Instant>,
@@ -171,6 +175,7 @@ pub struct Hub {
     broadcast_ids: IdAllocator,
     timers: BTreeSet<(Instant, PeerId)>,
     ready: VecDeque<PeerId>,
+    completions: VecDeque<PeerId>,
     transmit: VecDeque<PeerId>,
     finished: VecDeque<PeerId>,
     now: Option<Instant>,
@@ -205,6 +210,7 @@ impl Hub {
             buffered: 0,
             timers: BTreeSet::new(),
             ready: VecDeque::new(),
+            completions: VecDeque::new(),
             transmit: VecDeque::new(),
             finished: VecDeque::new(),
             now: None,
@@ -359,6 +365,8 @@ impl Hub {
             connected: false,
             queued: false,
             transmit_queued: false,
+            completion_queued: false,
+            paused: false,
             finished: false,
             timer: None,
             buffered: 0,
@@ -628,31 +636,42 @@ impl Hub {
         self.finished.pop_front()
     }
 
-    /// The next request outcome of any peer.
+    /// The next request outcome of any peer, paused ones included.
     pub fn poll_completion(&mut self) -> Option<(PeerId, HubEvent)> {
-        // Completions are rare next to messages: a scan of the ready peers.
-        let n = self.ready.len();
-        for _ in 0..n {
-            let id = self.ready.pop_front()?;
-            self.ready.push_back(id);
+        while let Some(id) = self.completions.pop_front() {
             let Some(p) = self.peer_mut(id) else { continue };
-            if let Some(e) = p.conn.poll_completion() {
-                if let Routed::Completed {
-                    request_id,
-                    outcome,
-                } = e.routed()
-                {
-                    return Some((
-                        id,
-                        HubEvent::Completed {
-                            request_id,
-                            outcome,
-                        },
-                    ));
-                }
+            p.completion_queued = false;
+            let e = p.conn.poll_completion();
+            self.touch(id);
+            if let Some(Routed::Completed {
+                request_id,
+                outcome,
+            }) = e.map(Event::routed)
+            {
+                return Some((
+                    id,
+                    HubEvent::Completed {
+                        request_id,
+                        outcome,
+                    },
+                ));
             }
         }
         None
+    }
+
+    /// Stops (`true`) or resumes serving `peer`'s application events from
+    /// [`poll_event`](Self::poll_event): for a driver whose queue toward that
+    /// peer's handlers is full. A paused peer's events stay in the core,
+    /// which stops decoding at `max_event_bytes` (so `wants_input` turns
+    /// false and the driver stops reading it); its request outcomes are
+    /// still served by [`poll_completion`](Self::poll_completion) and its
+    /// timers still run.
+    pub fn set_paused(&mut self, peer: PeerId, paused: bool) {
+        if let Some(p) = self.peer_mut(peer) {
+            p.paused = paused;
+            self.touch(peer);
+        }
     }
 
     /// The next application event, round robin between peers (one event per
@@ -661,6 +680,10 @@ impl Hub {
         while let Some(id) = self.ready.pop_front() {
             let Some(p) = self.peer_mut(id) else { continue };
             p.queued = false;
+            if p.paused && !p.conn.is_finished() {
+                // Dropped from the round; `set_paused(false)` puts it back.
+                continue;
+            }
             let ev = p.conn.poll_event();
             let out = match ev {
                 None => None,
@@ -730,9 +753,13 @@ impl Hub {
         let buffered = p.conn.buffered_input();
         self.buffered = self.buffered - p.buffered + buffered;
         p.buffered = buffered;
-        if p.conn.has_events() && !p.queued {
+        if p.conn.has_events() && !p.queued && (!p.paused || p.conn.is_finished()) {
             p.queued = true;
             self.ready.push_back(id);
+        }
+        if p.conn.has_completions() && !p.completion_queued {
+            p.completion_queued = true;
+            self.completions.push_back(id);
         }
         if p.conn.has_transmit() && !p.transmit_queued {
             p.transmit_queued = true;

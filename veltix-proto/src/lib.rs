@@ -161,7 +161,7 @@ pub use handshake::{HandshakeError, LocalHello, PeerHello, Side};
 pub use hub::HubStats;
 pub use hub::{Broadcast, Hub, HubEvent, PeerId, Target};
 pub use payload::PayloadError;
-pub use retry::{DisconnectReason, DisconnectState, RetryPolicy};
+pub use retry::{Backoff, DisconnectReason, DisconnectState, RetryPolicy};
 pub use router::Router;
 pub use server::{Acceptor, Rejection, SharedTags, Tags};
 pub use session::{ClientSession, Dial, SessionEvent};

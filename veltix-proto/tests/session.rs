@@ -132,3 +132,50 @@ fn session_and_hub_talk_and_broadcast_to_a_tag() {
     let _ = DisconnectReason::Manual;
     let _ = Error::NotConnected;
 }
+
+/// A paused peer's messages stay in the core (its input stops at the event
+/// cap) while its request outcomes and the other peers' events are served.
+#[test]
+fn paused_peer_keeps_its_events_but_not_its_completions() {
+    let t0 = Instant::now();
+    let mut hub = Hub::new(&ServerConfig::default());
+    let mut a = ClientSession::new(&ClientConfig::default(), 1, t0);
+    a.connect(t0);
+    let d = a.poll_dial(t0).unwrap();
+    a.handle_dialed(t0, d.transport);
+    let p = hub.accept(t0).unwrap();
+    pump(&mut hub, p, &mut a, t0);
+    assert!(matches!(a.poll_event(), Some(SessionEvent::Connected(_))));
+    while hub.poll_event().is_some() {}
+    hub.set_paused(p, true);
+    let id = hub
+        .request(
+            p,
+            t0,
+            MessageType::new(300),
+            &b"q"[..],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    for _ in 0..10 {
+        a.send(MessageType::new(301), &b"m"[..]).unwrap();
+    }
+    pump(&mut hub, p, &mut a, t0);
+    while let Some(SessionEvent::Message(f)) = a.poll_event() {
+        a.reply(f.request_id, MessageType::new(300), &b"r"[..])
+            .unwrap();
+    }
+    pump(&mut hub, p, &mut a, t0);
+    assert!(hub.poll_event().is_none(), "paused: no messages served");
+    assert!(matches!(
+        hub.poll_completion(),
+        Some((q, HubEvent::Completed { request_id, outcome: Ok(_) })) if q == p && request_id == id
+    ));
+    hub.set_paused(p, false);
+    let mut n = 0;
+    while let Some((_, e)) = hub.poll_event() {
+        assert!(matches!(e, HubEvent::Message(_)));
+        n += 1;
+    }
+    assert_eq!(n, 10);
+}

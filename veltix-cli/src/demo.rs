@@ -11,6 +11,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use veltix_std::{payload, Client, ClientConfig, MessageType, Server, ServerConfig};
 
+/// The routes below are registered once on a fresh server: a refusal is a bug.
+fn routed(r: Result<(), veltix_std::Error>) -> Result<(), CliError> {
+    r.map_err(|e| CliError::failure(format!("cannot register a route: {e}")))
+}
+
 use crate::common::{millis, preview};
 use crate::exit::{CliError, TIMEOUT};
 
@@ -82,7 +87,7 @@ fn demo_server(tx: &Sender<String>) -> Result<Server, CliError> {
         let _ = t.send(format!("server: client #{} disconnected", client.id()));
     });
     let t = tx.clone();
-    server.route(CHAT, move |_, client, msg| {
+    routed(server.route(CHAT, move |_, client, msg| {
         let _ = t.send(format!(
             "server: got type={} id={} from #{}: {}",
             msg.message_type,
@@ -90,9 +95,9 @@ fn demo_server(tx: &Sender<String>) -> Result<Server, CliError> {
             client.id(),
             preview(&msg.payload)
         ));
-    });
+    }))?;
     let t = tx.clone();
-    server.route(SHOUT, move |server, client, msg| {
+    routed(server.route(SHOUT, move |server, client, msg| {
         let loud = String::from_utf8_lossy(&msg.payload).to_uppercase();
         let _ = t.send(format!(
             "server: got type={} id={}: {}, replies {} with the same id",
@@ -104,9 +109,9 @@ fn demo_server(tx: &Sender<String>) -> Result<Server, CliError> {
         if let Err(e) = server.reply(client, &msg, SHOUT, loud) {
             tracing::error!(error = %e, "demo reply failed");
         }
-    });
+    }))?;
     let t = tx.clone();
-    server.route(SUM, move |server, client, msg| {
+    routed(server.route(SUM, move |server, client, msg| {
         match sum_reply(&msg.payload) {
             Ok(answer) => {
                 let _ = t.send(format!(
@@ -122,7 +127,7 @@ fn demo_server(tx: &Sender<String>) -> Result<Server, CliError> {
                 let _ = t.send(format!("server: bad JSON request: {e}"));
             }
         }
-    });
+    }))?;
     Ok(server)
 }
 
@@ -135,11 +140,11 @@ pub fn run() -> Result<(), CliError> {
     let narrator = Narrator { rx };
     let server = demo_server(&tx)?;
     let result = steps(&server, &tx, &narrator);
-    server.close_all();
+    server.shutdown(STEP_TIMEOUT);
     if result.is_ok() {
         step(
             10,
-            "server: close_all() stops listening and closes every connection",
+            "server: shutdown() stops listening and closes every connection (flushing within a deadline)",
         );
         println!();
         println!("All steps worked. Now try it across two terminals:");
@@ -205,13 +210,13 @@ fn client_steps(server: &Server, client: &Client, narrator: &Narrator) -> Result
 
     let text = "hello, server";
     let id = client
-        .send(CHAT, text)
+        .send(CHAT, text, Some(STEP_TIMEOUT))
         .map_err(CliError::from)
         .map_err(ctx(3))?;
     step(
         3,
         &format!(
-            "client: send(type={CHAT}, {}) - fire and forget, id={id}",
+            "client: send(type={CHAT}, {}) - fire and forget (waits only for queue room), id={id}",
             preview(text.as_bytes())
         ),
     );
@@ -221,13 +226,13 @@ fn client_steps(server: &Server, client: &Client, narrator: &Narrator) -> Result
     step(
         4,
         &format!(
-            "client: send_and_wait(type={SHOUT}, {}) - a request; the reply carries its id",
+            "client: request(type={SHOUT}, {}) - Python's send_and_wait; the reply carries its id",
             preview(text.as_bytes())
         ),
     );
     let started = Instant::now();
     let reply = client
-        .send_and_wait(SHOUT, text, Some(STEP_TIMEOUT))
+        .request(SHOUT, text, Some(STEP_TIMEOUT))
         .map_err(|e| CliError::request(e, &peer, STEP_TIMEOUT))
         .map_err(ctx(4))?;
     let rtt = started.elapsed();
@@ -249,12 +254,12 @@ fn client_steps(server: &Server, client: &Client, narrator: &Narrator) -> Result
     step(
         5,
         &format!(
-            "client: send_and_wait(type={SUM}, JSON {}) - JSON payloads",
+            "client: request(type={SUM}, JSON {}) - JSON payloads",
             String::from_utf8_lossy(&body)
         ),
     );
     let reply = client
-        .send_and_wait(SUM, body, Some(STEP_TIMEOUT))
+        .request(SUM, body, Some(STEP_TIMEOUT))
         .map_err(|e| CliError::request(e, &peer, STEP_TIMEOUT))
         .map_err(ctx(5))?;
     narrator.expect("the server's route").map_err(ctx(5))?;
@@ -280,7 +285,7 @@ fn client_steps(server: &Server, client: &Client, narrator: &Narrator) -> Result
         .map_err(ctx(6))?;
     let news = "news from the server";
     let id = server
-        .send(&me, NEWS, news)
+        .send(&me, NEWS, news, Some(STEP_TIMEOUT))
         .map_err(CliError::from)
         .map_err(ctx(6))?;
     step(
@@ -295,20 +300,23 @@ fn client_steps(server: &Server, client: &Client, narrator: &Narrator) -> Result
 
     step(
         7,
-        "client: ping_server() x3 - PING frames, answered by the server's protocol core",
+        "client: ping() x3 - PING frames (Python's ping_server), answered by the server's protocol core",
     );
     for seq in 1..=3 {
         let rtt = client
-            .ping_server(Some(STEP_TIMEOUT))
-            .ok_or_else(|| CliError::new(TIMEOUT, format!("no PONG from {peer}")))
+            .ping(Some(STEP_TIMEOUT))
+            .map_err(|e| CliError::new(TIMEOUT, format!("no PONG from {peer}: {e}")))
             .map_err(ctx(7))?;
         println!("    reply from {peer}: seq={seq} time={} ms", millis(rtt));
     }
 
-    step(8, "server: ping_client() - the other way round");
+    step(
+        8,
+        "server: ping(client) - the other way round (Python's ping_client)",
+    );
     let rtt = server
-        .ping_client(&me, Some(STEP_TIMEOUT))
-        .ok_or_else(|| CliError::new(TIMEOUT, "no PONG from the client"))
+        .ping(&me, Some(STEP_TIMEOUT))
+        .map_err(|e| CliError::new(TIMEOUT, format!("no PONG from the client: {e}")))
         .map_err(ctx(8))?;
     println!(
         "    reply from client #{}: time={} ms",

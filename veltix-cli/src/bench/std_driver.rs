@@ -10,8 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use veltix_proto::SendError;
-use veltix_std::{Client, ClientConfig, Error, MessageType, Server, ServerConfig};
+use veltix_std::{Client, ClientConfig, MessageType, Server, ServerConfig};
 
 use super::common::*;
 use super::Bench;
@@ -38,15 +37,12 @@ fn connect(port: u16) -> Res<Client> {
     Ok(client)
 }
 
-/// `send`, retried while the outbound queue is full.
+/// `send`, waiting while the outbound queue is full.
 fn send(client: &Client, t: MessageType, payload: &Bytes) -> Res<()> {
-    loop {
-        match client.send(t, payload.clone()) {
-            Ok(_) => return Ok(()),
-            Err(Error::Send(SendError::QueueFull { .. })) => std::thread::yield_now(),
-            Err(e) => return Err(format!("send: {e}")),
-        }
-    }
+    client
+        .send(t, payload.clone(), Some(STRESS_DEADLINE))
+        .map(|_| ())
+        .ctx("send")
 }
 
 fn wait_for(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) -> Res<()> {
@@ -111,7 +107,7 @@ fn latency(p: &Params) -> Res<Latency> {
     };
     let samples = run();
     client.disconnect();
-    server.close_all();
+    server.shutdown(Duration::from_secs(5));
     Ok(Latency::of(&mut samples?))
 }
 
@@ -166,7 +162,7 @@ fn burst(p: &Params) -> Res<Flow> {
     };
     let flow = run();
     client.disconnect();
-    server.close_all();
+    server.shutdown(Duration::from_secs(5));
     flow
 }
 
@@ -240,7 +236,7 @@ fn stress(p: &Params) -> Res<Flow> {
     for c in &clients {
         c.disconnect();
     }
-    server.close_all();
+    server.shutdown(Duration::from_secs(5));
     flow
 }
 
@@ -316,7 +312,7 @@ fn memory(p: &Params) -> Res<f64> {
     for c in &clients {
         c.disconnect();
     }
-    server.close_all();
+    server.shutdown(Duration::from_secs(5));
     r
 }
 

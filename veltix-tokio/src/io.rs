@@ -1,0 +1,66 @@
+//! Socket helpers shared by the client and server tasks: non-blocking reads
+//! into a reused buffer, non-blocking writes of what the core gave.
+
+use std::io::ErrorKind;
+
+use bytes::{Buf, Bytes};
+use tokio::net::TcpStream;
+
+/// Most bytes read (and fed to the core under its lock) at once.
+pub(crate) const READ_MAX: usize = 64 * 1024;
+/// Most bytes written in one turn of a task's loop before it looks at its
+/// other work (input, timers) again.
+pub(crate) const WRITE_TURN: usize = 1024 * 1024;
+
+/// What one non-blocking read gave.
+pub(crate) enum Read {
+    /// Bytes are in [`ReadBuf::data`].
+    Data,
+    /// The peer closed its side.
+    Eof,
+    /// Nothing to read now (the buffer was released).
+    WouldBlock,
+    /// The socket failed.
+    Failed(std::io::Error),
+}
+
+/// A read buffer reused while data flows and released when the socket runs
+/// dry, so idle connections hold none. Reads go to spare capacity: nothing
+/// is zeroed.
+#[derive(Default)]
+pub(crate) struct ReadBuf(Vec<u8>);
+
+impl ReadBuf {
+    pub(crate) fn read(&mut self, s: &TcpStream) -> Read {
+        self.0.clear();
+        self.0.reserve(READ_MAX);
+        match s.try_read_buf(&mut self.0) {
+            Ok(0) => Read::Eof,
+            Ok(_) => Read::Data,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.0 = Vec::new();
+                Read::WouldBlock
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Read::WouldBlock,
+            Err(e) => Read::Failed(e),
+        }
+    }
+
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Writes as much of `out` as the socket takes now: `Ok(n)` bytes written
+/// (`out` advanced; 0 means "wait for writability").
+pub(crate) fn write(s: &TcpStream, out: &mut Bytes) -> std::io::Result<usize> {
+    match s.try_write(out) {
+        Ok(0) if !out.is_empty() => Err(ErrorKind::WriteZero.into()),
+        Ok(n) => {
+            out.advance(n);
+            Ok(n)
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(0),
+        Err(e) => Err(e),
+    }
+}

@@ -251,7 +251,11 @@ async fn dispatch(inner: Arc<Inner>) {
     }
 }
 
-async fn dial(host: String, port: u16, timeout: Duration) -> Result<(TcpStream, SocketAddr), Error> {
+async fn dial(
+    host: String,
+    port: u16,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), Error> {
     let name = format!("{host}:{port}");
     let addrs = tokio::net::lookup_host((host.as_str(), port))
         .await
@@ -603,9 +607,7 @@ impl Client {
         t: MessageType,
         payload: impl Into<Bytes>,
     ) -> Result<(), Error> {
-        self.state()
-            .session
-            .reply(request.request_id, t, payload)?;
+        self.state().session.reply(request.request_id, t, payload)?;
         self.inner().wake.notify_one();
         Ok(())
     }

@@ -70,6 +70,8 @@ struct ConnCtl {
 
 struct PeerInfo {
     addr: SocketAddr,
+    /// The client's hello, once connected (kept by every `Peer` handed out).
+    hello: Option<Arc<PeerHello>>,
     /// Present while the connection task runs.
     ctl: Option<Arc<ConnCtl>>,
     task: Option<JoinHandle<()>>,
@@ -139,6 +141,7 @@ impl std::fmt::Debug for Server {
 pub struct Peer {
     id: PeerId,
     addr: SocketAddr,
+    hello: Option<Arc<PeerHello>>,
     server: Weak<Inner>,
 }
 
@@ -195,9 +198,9 @@ impl Peer {
     pub fn handshake_done(&self) -> bool {
         self.with_hub(|h, id| h.is_connected(id)).unwrap_or(false)
     }
-    /// The client's hello, once connected.
+    /// The client's hello (kept after the client is gone).
     pub fn hello(&self) -> Option<PeerHello> {
-        self.with_hub(|h, id| h.peer_hello(id).cloned()).flatten()
+        self.hello.as_deref().cloned()
     }
     /// Counters of the connection.
     pub fn stats(&self) -> Option<ConnectionStats> {
@@ -245,12 +248,11 @@ impl Peer {
 
 impl State {
     fn peer(&self, inner: &Arc<Inner>, id: PeerId) -> Peer {
+        let info = self.peers.get(&id);
         Peer {
             id,
-            addr: self
-                .peers
-                .get(&id)
-                .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.addr),
+            addr: info.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.addr),
+            hello: info.and_then(|i| i.hello.clone()),
             server: Arc::downgrade(inner),
         }
     }
@@ -308,7 +310,10 @@ impl State {
                     let _ = tx.send(outcome);
                 }
             }
-            HubEvent::Connected(_) => {
+            HubEvent::Connected(hello) => {
+                if let Some(info) = self.peers.get_mut(&id) {
+                    info.hello = Some(Arc::new(hello));
+                }
                 let peer = self.peer(inner, id);
                 match self.handlers.on_connect.clone() {
                     Some(h) => self.push_job(inner, id, Job::Peer(peer, h), EVENT_OVERHEAD),
@@ -393,8 +398,8 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
         match listener.accept().await {
             Ok((stream, addr)) => admit(&inner, stream, addr),
             Err(e) => {
-                let exhausted = matches!(e.raw_os_error(), Some(23 | 24))
-                    || e.kind() == ErrorKind::OutOfMemory;
+                let exhausted =
+                    matches!(e.raw_os_error(), Some(23 | 24)) || e.kind() == ErrorKind::OutOfMemory;
                 let quiet = last_log.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
                 if !quiet {
                     tracing::warn!(error = %e, "accept failed");
@@ -423,6 +428,7 @@ fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
                 id,
                 PeerInfo {
                     addr,
+                    hello: None,
                     ctl: Some(ctl),
                     task: Some(task),
                 },
@@ -462,10 +468,7 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
                 out = st.hub.poll_transmit(id).unwrap_or_default();
             }
             let paused = st.mailboxes.get(&id).is_some_and(Mailbox::is_over);
-            (
-                st.hub.wants_input(id) && !paused,
-                st.hub.peer_timeout(id),
-            )
+            (st.hub.wants_input(id) && !paused, st.hub.peer_timeout(id))
         };
         // Output: as much as the socket takes now, reported piece by piece.
         let mut turn = 0;
@@ -482,9 +485,7 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
                     }
                 }
                 Err(e) => {
-                    lock(&inner.state)
-                        .hub
-                        .handle_transport_error(id, now(), &e);
+                    lock(&inner.state).hub.handle_transport_error(id, now(), &e);
                     out = Bytes::new();
                     failed = true;
                 }
@@ -953,25 +954,22 @@ impl Server {
     #[doc(alias = "close_all")]
     pub async fn shutdown(&self, flush: Duration) {
         let deadline = tokio::time::Instant::now() + flush;
+        let was = std::mem::replace(&mut self.state().phase, Phase::Stopped);
+        match was {
+            Phase::Running => {}
+            Phase::New => {
+                self.state().recv.closed = true;
+                self.0.recv_ready.notify_waiters();
+                self.0.closed.notify_waiters();
+                return;
+            }
+            Phase::Stopped => {
+                self.wait_closed().await;
+                return;
+            }
+        }
         let (accept, tasks) = {
             let mut st = self.state();
-            match st.phase {
-                Phase::Running => {}
-                Phase::New => {
-                    st.phase = Phase::Stopped;
-                    st.recv.closed = true;
-                    drop(st);
-                    self.0.recv_ready.notify_waiters();
-                    self.0.closed.notify_waiters();
-                    return;
-                }
-                Phase::Stopped => {
-                    drop(st);
-                    self.wait_closed().await;
-                    return;
-                }
-            }
-            st.phase = Phase::Stopped;
             st.local_addr = None;
             let closed = st.hub.close_all(now());
             tracing::info!(closed, "server shutting down");
@@ -1003,10 +1001,7 @@ impl Server {
         {
             let mut st = self.state();
             if !cut.is_empty() {
-                tracing::warn!(
-                    connections = cut.len(),
-                    "shutdown deadline passed: cutting"
-                );
+                tracing::warn!(connections = cut.len(), "shutdown deadline passed: cutting");
             }
             let aborted = std::io::Error::from(ErrorKind::ConnectionAborted);
             for id in cut {

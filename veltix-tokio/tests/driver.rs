@@ -79,7 +79,11 @@ async fn a_peer_that_stops_reading_bounds_try_send_to_max_outbound() {
     let port = listener.local_addr().unwrap().port();
     let stalled = tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.unwrap();
-        let conn = raw_handshake(&mut s, Connection::server(core_config(), std::time::Instant::now())).await;
+        let conn = raw_handshake(
+            &mut s,
+            Connection::server(core_config(), std::time::Instant::now()),
+        )
+        .await;
         (s, conn) // never read again
     });
     let client = connect(ClientConfig::new("127.0.0.1", port).max_outbound(64 * 1024)).await;
@@ -164,15 +168,39 @@ async fn deadlines_fire_while_the_application_takes_no_events() {
         .request(T, "q", Some(Duration::from_secs(1)))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::TimedOut { what: Wait::Request, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::TimedOut {
+                what: Wait::Request,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let took = t0.elapsed();
-    assert!(took >= Duration::from_secs(1) && took <= Duration::from_millis(1100), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took <= Duration::from_millis(1100),
+        "{took:?}"
+    );
 
     let t0 = Instant::now();
     let err = client.ping(Some(Duration::from_secs(1))).await.unwrap_err();
-    assert!(matches!(err, Error::TimedOut { what: Wait::Ping, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::TimedOut {
+                what: Wait::Ping,
+                ..
+            }
+        ),
+        "{err}"
+    );
     let took = t0.elapsed();
-    assert!(took >= Duration::from_secs(1) && took <= Duration::from_millis(1100), "{took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took <= Duration::from_millis(1100),
+        "{took:?}"
+    );
 
     let t0 = Instant::now();
     assert!(client.disconnect().await);
@@ -247,16 +275,20 @@ async fn a_ping_flood_from_a_client_that_never_reads_stays_bounded() {
         }
     });
     server.start().await.unwrap();
-    let mut s = TcpStream::connect(server.local_addr().unwrap()).await.unwrap();
-    let _conn = raw_handshake(&mut s, Connection::client(core_config(), std::time::Instant::now())).await;
+    let mut s = TcpStream::connect(server.local_addr().unwrap())
+        .await
+        .unwrap();
+    let _conn = raw_handshake(
+        &mut s,
+        Connection::client(core_config(), std::time::Instant::now()),
+    )
+    .await;
     let peer = rx.recv().await.unwrap().unwrap();
     let mut pings = Vec::new();
     for i in 0..(1024 * 1024 / 15) {
         veltix_proto::frame::encode_frame(MessageType::PING, i as u16, &[], &mut pings).unwrap();
     }
-    let flood = tokio::spawn(async move {
-        while s.write_all(&pings).await.is_ok() {}
-    });
+    let flood = tokio::spawn(async move { while s.write_all(&pings).await.is_ok() {} });
     let t0 = Instant::now();
     let mut dropped = 0;
     let gone = loop {
@@ -270,7 +302,10 @@ async fn a_ping_flood_from_a_client_that_never_reads_stays_bounded() {
         }
     };
     assert_eq!(gone, peer);
-    assert!(dropped > 0, "PONGs were refused by the core's bounded queue");
+    assert!(
+        dropped > 0,
+        "PONGs were refused by the core's bounded queue"
+    );
     flood.abort();
     server.shutdown(Duration::from_secs(1)).await;
 }
@@ -280,8 +315,14 @@ async fn a_ping_flood_from_a_client_that_never_reads_stays_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_bounded_by_its_flush_deadline() {
     let server = start(ServerConfig::new("127.0.0.1", 0)).await;
-    let mut s = TcpStream::connect(server.local_addr().unwrap()).await.unwrap();
-    let _conn = raw_handshake(&mut s, Connection::client(core_config(), std::time::Instant::now())).await;
+    let mut s = TcpStream::connect(server.local_addr().unwrap())
+        .await
+        .unwrap();
+    let _conn = raw_handshake(
+        &mut s,
+        Connection::client(core_config(), std::time::Instant::now()),
+    )
+    .await;
     let peer = loop {
         if let Some(ServerEvent::Connected(p)) = server.recv().await {
             break p;
@@ -293,7 +334,11 @@ async fn shutdown_is_bounded_by_its_flush_deadline() {
     }
     let t0 = Instant::now();
     server.shutdown(Duration::from_millis(300)).await;
-    assert!(t0.elapsed() < Duration::from_millis(500), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t0.elapsed()
+    );
     assert!(server.local_addr().is_none());
     match tokio::time::timeout(Duration::from_secs(1), server.recv()).await {
         Ok(Some(ServerEvent::Disconnected(p, _))) => assert_eq!(p, peer),
@@ -333,7 +378,9 @@ async fn handlers_run_in_order_per_peer_without_a_recv_loop() {
         server.route(MessageType::new(5), |_s: Server, _p, _m| async {}),
         Err(Error::Send(SendError::ReservedType(_)))
     ));
-    server.route(MessageType::new(300), |_s: Server, _p, _m| async {}).unwrap();
+    server
+        .route(MessageType::new(300), |_s: Server, _p, _m| async {})
+        .unwrap();
     assert!(matches!(
         server.route(MessageType::new(300), |_s: Server, _p, _m| async {}),
         Err(Error::RouteExists(_))
@@ -384,10 +431,9 @@ async fn silent_server_hits_the_handshake_deadline_on_the_paused_clock() {
         drop(s);
     });
     let t0 = Instant::now();
-    let client = Client::new(
-        ClientConfig::new("127.0.0.1", port).handshake_timeout(Duration::from_secs(7)),
-    )
-    .unwrap();
+    let client =
+        Client::new(ClientConfig::new("127.0.0.1", port).handshake_timeout(Duration::from_secs(7)))
+            .unwrap();
     let err = client.connect().await.unwrap_err();
     assert!(
         matches!(err, Error::TimedOut { what: Wait::Handshake, after } if after == Duration::from_secs(7)),
@@ -455,7 +501,16 @@ async fn request_deadline_is_exact_and_a_dropped_request_frees_its_id() {
         .request(T, "q", Some(Duration::from_secs(3)))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::TimedOut { what: Wait::Request, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::TimedOut {
+                what: Wait::Request,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(t0.elapsed(), Duration::from_secs(3));
 
     // Cancel a request by dropping its future: the late reply is then an

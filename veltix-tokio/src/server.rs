@@ -74,6 +74,9 @@ struct PeerInfo {
     hello: Option<Arc<PeerHello>>,
     /// Present while the connection task runs.
     ctl: Option<Arc<ConnCtl>>,
+    /// The task stopped reading (the hub did not want input, or the
+    /// handler queue was full): wake it once the hub wants input again.
+    read_paused: bool,
     task: Option<JoinHandle<()>>,
 }
 
@@ -291,6 +294,15 @@ impl State {
                 break;
             };
             self.route(inner, id, ev);
+            // Taking events lets the core decode again: resume reading.
+            if let Some(info) = self.peers.get_mut(&id) {
+                if info.read_paused && self.hub.wants_input(id) {
+                    info.read_paused = false;
+                    if let (Some(ctl), true) = (&info.ctl, Some(id) != me) {
+                        ctl.wake.notify_one();
+                    }
+                }
+            }
         }
         while let Some(id) = self.hub.poll_transmit_ready() {
             self.wake(id, me);
@@ -429,6 +441,7 @@ fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
                 PeerInfo {
                     addr,
                     hello: None,
+                    read_paused: false,
                     ctl: Some(ctl),
                     task: Some(task),
                 },
@@ -467,8 +480,12 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
             if out.is_empty() {
                 out = st.hub.poll_transmit(id).unwrap_or_default();
             }
-            let paused = st.mailboxes.get(&id).is_some_and(Mailbox::is_over);
-            (st.hub.wants_input(id) && !paused, st.hub.peer_timeout(id))
+            let read =
+                st.hub.wants_input(id) && !st.mailboxes.get(&id).is_some_and(Mailbox::is_over);
+            if let Some(info) = st.peers.get_mut(&id) {
+                info.read_paused = !read;
+            }
+            (read, st.hub.peer_timeout(id))
         };
         // Output: as much as the socket takes now, reported piece by piece.
         let mut turn = 0;

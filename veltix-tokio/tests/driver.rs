@@ -347,6 +347,47 @@ async fn shutdown_is_bounded_by_its_flush_deadline() {
     assert!(server.recv().await.is_none());
 }
 
+/// The server's `recv` queue fills while nobody calls `recv`: events stay
+/// in the core and the connection stops reading; once the application
+/// drains `recv`, reading resumes and everything arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_recv_loop_resumes_reading_and_gets_everything() {
+    let server = start(ServerConfig::new("127.0.0.1", 0)).await;
+    let client = connect(client_cfg(&server)).await;
+    let n = 8_000u32;
+    let sender = {
+        let c = client.clone();
+        tokio::spawn(async move {
+            let mut pad = vec![0u8; 1024];
+            for i in 0..n {
+                pad[..4].copy_from_slice(&i.to_be_bytes());
+                c.send(T, pad.clone(), Some(Duration::from_secs(30)))
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got = 0u32;
+    while got < n {
+        match tokio::time::timeout(Duration::from_secs(10), server.recv()).await {
+            Ok(Some(ServerEvent::Message(_, m))) => {
+                assert_eq!(u32::from_be_bytes(m.payload[..4].try_into().unwrap()), got);
+                got += 1;
+            }
+            Ok(Some(_)) => {}
+            other => panic!(
+                "stalled after {got} messages: {other:?}; server side {:?}; client {:?}",
+                server.clients().first().and_then(|p| p.stats()),
+                client.stats()
+            ),
+        }
+    }
+    sender.await.unwrap();
+    client.disconnect().await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 // ---------------------------------------------------------------- handlers
 
 /// Handlers run without any recv loop, in order per peer: connect, every

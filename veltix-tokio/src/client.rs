@@ -226,19 +226,32 @@ impl State {
 /// Runs the handler jobs in order, then exits.
 async fn dispatch(inner: Arc<Inner>) {
     let client = inner.owner.upgrade().map(Client);
+    let mut lingered = false;
     loop {
         let job = {
             let mut st = lock(&inner.state);
-            match st.mailbox.pop() {
-                Some((job, resumed)) => {
-                    if resumed {
-                        inner.wake.notify_one();
+            if st.mailbox.is_empty() && !lingered {
+                // Wait one turn before exiting: the next event is usually
+                // about to come, and a spawn costs more.
+                None
+            } else {
+                match st.mailbox.pop() {
+                    Some((job, resumed)) => {
+                        if resumed {
+                            inner.wake.notify_one();
+                        }
+                        Some(job)
                     }
-                    job
+                    None => break,
                 }
-                None => break,
             }
         };
+        let Some(job) = job else {
+            lingered = true;
+            tokio::task::yield_now().await;
+            continue;
+        };
+        lingered = false;
         let Some(c) = &client else { continue };
         let fut = match job {
             Job::Connect(h) => h(c.clone()),

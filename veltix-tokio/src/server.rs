@@ -369,28 +369,41 @@ impl State {
 /// Runs the handler jobs of one peer in order, then exits.
 async fn dispatch(inner: Arc<Inner>, id: PeerId) {
     let server = Server(inner.clone());
+    let mut lingered = false;
     loop {
         let job = {
             let mut st = lock(&inner.state);
             let Some(mb) = st.mailboxes.get_mut(&id) else {
                 break;
             };
-            match mb.pop() {
-                Some((job, resumed)) => {
-                    if resumed {
-                        // Under its cap again: the connection may read.
-                        st.wake(id, None);
+            if mb.is_empty() && !mb.ended && !lingered {
+                // Wait one turn before exiting: a busy peer's next event
+                // is usually about to come, and a spawn costs more.
+                None
+            } else {
+                match mb.pop() {
+                    Some((job, resumed)) => {
+                        if resumed {
+                            // Under its cap again: the connection may read.
+                            st.wake(id, None);
+                        }
+                        Some(job)
                     }
-                    job
-                }
-                None => {
-                    if mb.ended {
-                        st.mailboxes.remove(&id);
+                    None => {
+                        if mb.ended {
+                            st.mailboxes.remove(&id);
+                        }
+                        break;
                     }
-                    break;
                 }
             }
         };
+        let Some(job) = job else {
+            lingered = true;
+            tokio::task::yield_now().await;
+            continue;
+        };
+        lingered = false;
         let fut = match job {
             Job::Peer(p, h) => h(server.clone(), p),
             Job::Message(p, f, h) => h(server.clone(), p, f),
@@ -474,6 +487,8 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
     loop {
         let (read, deadline) = {
             let mut st = lock(&inner.state);
+            // Route what the last step produced (this peer's and others').
+            st.pump(&inner, Some(id), false);
             if !st.hub.is_open(id) {
                 break;
             }
@@ -512,7 +527,6 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
             ctl.room.notify_waiters();
         }
         if failed || turn >= WRITE_TURN {
-            lock(&inner.state).pump(&inner, Some(id), false);
             tokio::task::yield_now().await;
             continue;
         }
@@ -538,7 +552,6 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
             }
             () = ctl.wake.notified() => {}
         }
-        lock(&inner.state).pump(&inner, Some(id), false);
     }
     drop(stream);
     ctl.room.notify_waiters();

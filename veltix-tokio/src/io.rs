@@ -24,21 +24,35 @@ pub(crate) enum Read {
     Failed(std::io::Error),
 }
 
-/// A read buffer reused while data flows and released when the socket runs
-/// dry, so idle connections hold none. Reads go to spare capacity: nothing
-/// is zeroed.
+/// Capacity of the read buffer between bursts: enough for small messages,
+/// small enough for idle connections.
+const SMALL: usize = 4 * 1024;
+
+/// A read buffer reused from read to read: [`SMALL`] bytes, grown to
+/// [`READ_MAX`] while reads fill it, shrunk back when the socket runs dry.
+/// Reads go to spare capacity: nothing is zeroed.
 #[derive(Default)]
 pub(crate) struct ReadBuf(Vec<u8>);
 
 impl ReadBuf {
     pub(crate) fn read(&mut self, s: &TcpStream) -> Read {
+        let want = if self.0.capacity() > SMALL && !self.0.is_empty() {
+            READ_MAX
+        } else if self.0.len() == self.0.capacity() && !self.0.is_empty() {
+            // The last read filled the buffer: more is coming.
+            READ_MAX
+        } else {
+            self.0.capacity().max(SMALL)
+        };
         self.0.clear();
-        self.0.reserve(READ_MAX);
+        self.0.reserve_exact(want);
         match s.try_read_buf(&mut self.0) {
             Ok(0) => Read::Eof,
             Ok(_) => Read::Data,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                self.0 = Vec::new();
+                if self.0.capacity() > SMALL {
+                    self.0 = Vec::with_capacity(SMALL);
+                }
                 Read::WouldBlock
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => Read::WouldBlock,

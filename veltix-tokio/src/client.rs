@@ -21,8 +21,8 @@ use veltix_proto::{
 };
 
 use crate::dispatch::{BoxFut, Catch, Mailbox, RecvQueue, EVENT_OVERHEAD};
-use crate::io::{self, Read, ReadBuf, WRITE_TURN};
-use crate::{instant, lock, now};
+use crate::io::{self, Read, ReadBuf, Timer, WRITE_TURN};
+use crate::{lock, now};
 
 type ConnHandler = Arc<dyn Fn(Client) -> BoxFut + Send + Sync>;
 type DiscHandler = Arc<dyn Fn(Client, DisconnectState) -> BoxFut + Send + Sync>;
@@ -309,13 +309,6 @@ async fn writable(s: &Option<(u64, TcpStream)>) {
     }
 }
 
-async fn sleep_until(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The client's task: dials, moves bytes, fires deadlines, routes events;
 /// exits once the session is neither connected nor connecting.
 async fn drive(inner: Arc<Inner>) {
@@ -323,6 +316,7 @@ async fn drive(inner: Arc<Inner>) {
     let mut dialing: Option<(u64, DialFut)> = None;
     let mut out = Bytes::new();
     let mut buf = ReadBuf::default();
+    let mut timer = Timer::new();
     loop {
         let (read, deadline) = {
             let mut st = lock(&inner.state);
@@ -403,6 +397,7 @@ async fn drive(inner: Arc<Inner>) {
             continue;
         }
         let writing = !out.is_empty();
+        timer.set(deadline);
         tokio::select! {
             r = dialed(&mut dialing) => {
                 let t = dialing.take().map_or(0, |(t, _)| t);
@@ -434,7 +429,7 @@ async fn drive(inner: Arc<Inner>) {
                 }
             }
             () = writable(&sock), if writing => {}
-            () = sleep_until(deadline.map(instant)), if deadline.is_some() => {}
+            () = timer.fired(), if timer.is_armed() => {}
             () = inner.wake.notified() => {}
         }
     }

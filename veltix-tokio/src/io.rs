@@ -78,3 +78,49 @@ pub(crate) fn write(s: &TcpStream, out: &mut Bytes) -> std::io::Result<usize> {
         Err(e) => Err(e),
     }
 }
+
+/// "Never", for a disarmed [`Timer`].
+const FAR: std::time::Duration = std::time::Duration::from_secs(86_400 * 365);
+
+/// One task's deadline timer, kept across loop turns and re-armed only when
+/// the core's deadline changes (registering a fresh timer every turn costs
+/// a timer-wheel update, and may wake a parked worker).
+pub(crate) struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: Option<std::time::Instant>,
+}
+
+impl Timer {
+    pub(crate) fn new() -> Self {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep(std::time::Duration::from_secs(
+                86_400 * 365,
+            ))),
+            armed: None,
+        }
+    }
+
+    /// Arms the timer for `deadline` (`None`: disarmed).
+    pub(crate) fn set(&mut self, deadline: Option<std::time::Instant>) {
+        if deadline != self.armed {
+            let at = match deadline {
+                Some(d) => crate::instant(d),
+                // Disarmed: move it out of the way (a paused clock
+                // advances to the earliest registered timer).
+                None => tokio::time::Instant::now() + FAR,
+            };
+            self.sleep.as_mut().reset(at);
+            self.armed = deadline;
+        }
+    }
+
+    pub(crate) fn is_armed(&self) -> bool {
+        self.armed.is_some()
+    }
+
+    /// Completes at the armed deadline (then disarms).
+    pub(crate) async fn fired(&mut self) {
+        self.sleep.as_mut().await;
+        self.armed = None;
+    }
+}

@@ -22,8 +22,8 @@ use veltix_proto::{
 };
 
 use crate::dispatch::{BoxFut, Catch, Mailbox, RecvQueue, EVENT_OVERHEAD};
-use crate::io::{self, Read, ReadBuf, WRITE_TURN};
-use crate::{instant, lock, now};
+use crate::io::{self, Read, ReadBuf, Timer, WRITE_TURN};
+use crate::{lock, now};
 
 type PeerHandler = Arc<dyn Fn(Server, Peer) -> BoxFut + Send + Sync>;
 type MsgHandler = Arc<dyn Fn(Server, Peer, Frame) -> BoxFut + Send + Sync>;
@@ -484,6 +484,7 @@ fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
 async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: TcpStream) {
     let mut out = Bytes::new();
     let mut buf = ReadBuf::default();
+    let mut timer = Timer::new();
     loop {
         let (read, deadline) = {
             let mut st = lock(&inner.state);
@@ -531,7 +532,7 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
             continue;
         }
         let writing = !out.is_empty();
-        let sleep = deadline.map(instant);
+        timer.set(deadline);
         tokio::select! {
             r = stream.readable(), if read => {
                 let r = match r {
@@ -547,7 +548,7 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
                 }
             }
             _ = stream.writable(), if writing => {}
-            () = sleep_until(sleep), if sleep.is_some() => {
+            () = timer.fired(), if timer.is_armed() => {
                 lock(&inner.state).hub.handle_peer_timeout(id, now());
             }
             () = ctl.wake.notified() => {}
@@ -564,13 +565,6 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
         if gone {
             st.peers.remove(&id);
         }
-    }
-}
-
-async fn sleep_until(t: Option<tokio::time::Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

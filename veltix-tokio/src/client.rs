@@ -3,7 +3,7 @@
 //! when the session says so, moves bytes, and sleeps until the session's
 //! next deadline. It runs only while connecting or connected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -226,32 +226,36 @@ impl State {
 /// Runs the handler jobs in order, then exits.
 async fn dispatch(inner: Arc<Inner>) {
     let client = inner.owner.upgrade().map(Client);
+    let mut batch = VecDeque::new();
     let mut lingered = false;
     loop {
-        let job = {
-            let mut st = lock(&inner.state);
-            if st.mailbox.is_empty() && !lingered {
-                // Wait one turn before exiting: the next event is usually
-                // about to come, and a spawn costs more.
-                None
-            } else {
-                match st.mailbox.pop() {
-                    Some((job, resumed)) => {
-                        if resumed {
-                            inner.wake.notify_one();
-                        }
-                        Some(job)
+        if batch.is_empty() {
+            let linger = {
+                let mut st = lock(&inner.state);
+                if st.mailbox.is_empty() && !lingered {
+                    // Wait one turn before exiting: the next event is
+                    // usually about to come, and a spawn costs more.
+                    true
+                } else {
+                    if st.mailbox.pop_batch(&mut batch) {
+                        inner.wake.notify_one();
                     }
-                    None => break,
+                    if batch.is_empty() {
+                        break;
+                    }
+                    false
                 }
+            };
+            if linger {
+                lingered = true;
+                tokio::task::yield_now().await;
+                continue;
             }
-        };
-        let Some(job) = job else {
-            lingered = true;
-            tokio::task::yield_now().await;
+            lingered = false;
+        }
+        let Some(job) = batch.pop_front() else {
             continue;
         };
-        lingered = false;
         let Some(c) = &client else { continue };
         let fut = match job {
             Job::Connect(h) => h(c.clone()),

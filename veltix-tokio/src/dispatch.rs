@@ -9,6 +9,10 @@ use std::pin::Pin;
 /// Bytes of queued events (payload + [`EVENT_OVERHEAD`] each) past which the
 /// driver stops taking a peer's events (or reading it).
 pub(crate) const QUEUE_CAP: usize = 1024 * 1024;
+/// Most jobs a dispatch task takes per lock.
+const BATCH: usize = 32;
+/// About how many bytes of jobs a dispatch task takes per lock.
+const BATCH_BYTES: usize = 64 * 1024;
 /// Per-event overhead counted against [`QUEUE_CAP`].
 pub(crate) const EVENT_OVERHEAD: usize = 64;
 
@@ -44,16 +48,25 @@ impl<J> Mailbox<J> {
         !std::mem::replace(&mut self.running, true)
     }
 
-    /// The next job, and whether taking it brought the queue back under its cap.
-    /// `None` marks the mailbox idle (its task must exit).
-    pub(crate) fn pop(&mut self) -> Option<(J, bool)> {
-        let Some((job, cost)) = self.jobs.pop_front() else {
-            self.running = false;
-            return None;
-        };
+    /// The next jobs (at least one, up to [`BATCH`] and about
+    /// [`BATCH_BYTES`]) into `out`, and whether taking them brought the
+    /// queue back under its cap. Nothing queued marks the mailbox idle (its
+    /// task must exit).
+    pub(crate) fn pop_batch(&mut self, out: &mut VecDeque<J>) -> bool {
         let was_over = self.is_over();
-        self.bytes -= cost;
-        Some((job, was_over && !self.is_over()))
+        let mut bytes = 0;
+        while out.len() < BATCH && (out.is_empty() || bytes < BATCH_BYTES) {
+            let Some((job, cost)) = self.jobs.pop_front() else {
+                break;
+            };
+            self.bytes -= cost;
+            bytes += cost;
+            out.push_back(job);
+        }
+        if out.is_empty() {
+            self.running = false;
+        }
+        was_over && !self.is_over()
     }
 
     /// Over its cap: stop feeding it.

@@ -2,7 +2,7 @@
 //! core [`Hub`] (every connection, admission, tags, broadcast targeting and
 //! timers) behind one mutex.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::io::ErrorKind;
@@ -369,41 +369,45 @@ impl State {
 /// Runs the handler jobs of one peer in order, then exits.
 async fn dispatch(inner: Arc<Inner>, id: PeerId) {
     let server = Server(inner.clone());
+    let mut batch = VecDeque::new();
     let mut lingered = false;
     loop {
-        let job = {
-            let mut st = lock(&inner.state);
-            let Some(mb) = st.mailboxes.get_mut(&id) else {
-                break;
-            };
-            if mb.is_empty() && !mb.ended && !lingered {
-                // Wait one turn before exiting: a busy peer's next event
-                // is usually about to come, and a spawn costs more.
-                None
-            } else {
-                match mb.pop() {
-                    Some((job, resumed)) => {
-                        if resumed {
-                            // Under its cap again: the connection may read.
-                            st.wake(id, None);
-                        }
-                        Some(job)
+        if batch.is_empty() {
+            let linger = {
+                let mut st = lock(&inner.state);
+                let Some(mb) = st.mailboxes.get_mut(&id) else {
+                    break;
+                };
+                if mb.is_empty() && !mb.ended && !lingered {
+                    // Wait one turn before exiting: a busy peer's next
+                    // event is usually about to come, and a spawn costs more.
+                    true
+                } else {
+                    let resumed = mb.pop_batch(&mut batch);
+                    let ended = mb.ended;
+                    if resumed {
+                        // Under its cap again: the connection may read.
+                        st.wake(id, None);
                     }
-                    None => {
-                        if mb.ended {
+                    if batch.is_empty() {
+                        if ended {
                             st.mailboxes.remove(&id);
                         }
                         break;
                     }
+                    false
                 }
+            };
+            if linger {
+                lingered = true;
+                tokio::task::yield_now().await;
+                continue;
             }
-        };
-        let Some(job) = job else {
-            lingered = true;
-            tokio::task::yield_now().await;
+            lingered = false;
+        }
+        let Some(job) = batch.pop_front() else {
             continue;
         };
-        lingered = false;
         let fut = match job {
             Job::Peer(p, h) => h(server.clone(), p),
             Job::Message(p, f, h) => h(server.clone(), p, f),

@@ -349,14 +349,15 @@ async fn drive(inner: Arc<Inner>) {
                 out = st.session.poll_transmit().unwrap_or_default();
             }
             st.pump(&inner, false);
-            if st.is_idle() && !st.connecting.is_empty() {
-                // `connect()` was called while a disconnect was flushing.
-                st.session.connect(t);
-                drop(st);
-                continue;
-            }
-            if st.is_idle() && dialing.is_none() && sock.is_none() {
+            if st.is_idle() {
+                // Deliver everything left (a give-up answers `connect()`).
                 st.pump(&inner, true);
+                if !st.connecting.is_empty() {
+                    // `connect()` was called while a disconnect was flushing.
+                    st.session.connect(t);
+                    drop(st);
+                    continue;
+                }
                 st.running = false;
                 st.recv.closed = true;
                 drop(st);

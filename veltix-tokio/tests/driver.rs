@@ -459,6 +459,26 @@ async fn handlers_run_in_order_per_peer_without_a_recv_loop() {
     server.shutdown(Duration::from_secs(1)).await;
 }
 
+/// A handler that panics does not stop the peer's later events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_does_not_stop_the_queue() {
+    let server = Server::new(ServerConfig::new("127.0.0.1", 0)).unwrap();
+    server.on_recv(|s: Server, p, m| async move {
+        assert_ne!(m.text().unwrap(), "boom", "handler panics (expected)");
+        let _ = s.reply(&p, &m, T, "ok");
+    });
+    server.start().await.unwrap();
+    let client = connect(client_cfg(&server)).await;
+    client.try_send(T, "boom").unwrap();
+    let r = client
+        .request(T, "after", Some(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "ok");
+    client.disconnect().await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
 // ------------------------------------------------------------ ported tests
 
 #[tokio::test(start_paused = true)]

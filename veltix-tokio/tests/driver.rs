@@ -735,6 +735,17 @@ async fn a_thousand_clients_then_shutdown_leaves_no_task() {
         clients.push(j.await.unwrap().unwrap());
     }
     assert_eq!(server.clients().len(), 1000);
+    // Idle peers cost no handler task: one I/O task per connection on each
+    // side, plus the accept task.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metrics.num_alive_tasks() > baseline + 2001 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        metrics.num_alive_tasks() <= baseline + 2001,
+        "{} tasks for 1000 idle clients",
+        metrics.num_alive_tasks() - baseline
+    );
     server.shutdown(Duration::from_secs(5)).await;
     drop(clients); // dropping the clients ends their tasks
     let deadline = Instant::now() + Duration::from_secs(10);

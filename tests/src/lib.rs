@@ -461,8 +461,9 @@ pub mod tokio_peers {
     impl TokioEcho {
         /// Binds `config` and starts the event loop.
         pub async fn start(config: ServerConfig) -> TokioEcho {
-            let server = Server::bind(config).await.expect("bind");
-            let port = server.local_addr().port();
+            let server = Server::new(config).expect("config");
+            server.start().await.expect("bind");
+            let port = server.local_addr().expect("running").port();
             let counts = Arc::new(Counts::default());
             let got = Arc::new(Mutex::new(Vec::new()));
             let reply_errors = Arc::new(Mutex::new(Vec::new()));
@@ -508,6 +509,7 @@ pub mod tokio_peers {
                                 counts.current.fetch_sub(1, Ordering::SeqCst);
                                 counts.disconnects.fetch_add(1, Ordering::SeqCst);
                             }
+                            _ => {}
                         }
                     }
                 })
@@ -618,7 +620,7 @@ pub mod tokio_peers {
                                 let _ = c.reply(&msg, msg.message_type, echo_answer(&msg));
                             }
                         }
-                        Some(ClientEvent::Disconnected(_)) => {}
+                        Some(_) => {}
                     }
                 }
             });

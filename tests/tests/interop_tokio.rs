@@ -424,8 +424,14 @@ async fn py_server(py: &Path, args: &[&str]) -> (Py, u16) {
     (peer, port_of(&listening))
 }
 
+async fn connect_client(port: u16) -> Result<Client, Error> {
+    let client = Client::new(ClientConfig::new("127.0.0.1", port))?;
+    client.connect().await?;
+    Ok(client)
+}
+
 async fn tokio_client(port: u16) -> Client {
-    Client::connect(ClientConfig::new("127.0.0.1", port))
+    connect_client(port)
         .await
         .expect("connect to the Python server")
 }
@@ -544,7 +550,7 @@ async fn python_server_full_rejects_tokio_client() {
     let first = tokio_client(port).await;
     server.expect_event("connected").await;
 
-    match Client::connect(ClientConfig::new("127.0.0.1", port)).await {
+    match connect_client(port).await {
         Err(Error::Rejected(reason)) => assert_eq!(reason, "server_full"),
         other => panic!("expected Rejected(server_full), got {other:?}"),
     }
@@ -572,7 +578,7 @@ async fn tokio_client_rejects_python_server_hello_with_major_2() {
     };
     let mut fake = Py::spawn(&py, "py_fake_peer.py", &["server", "--pv", "2.0"]);
     let port = port_of(&fake.expect_event("listening").await);
-    match Client::connect(ClientConfig::new("127.0.0.1", port)).await {
+    match connect_client(port).await {
         Err(Error::VersionMismatch(pv)) => assert_eq!(pv, "2.0"),
         other => panic!("expected VersionMismatch(\"2.0\"), got {other:?}"),
     }

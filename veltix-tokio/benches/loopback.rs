@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use veltix_proto::frame::encode_frame;
-use veltix_tokio::{Client, ClientConfig, MessageType, Server, ServerConfig, ServerEvent};
+use veltix_tokio::{Client, ClientConfig, MessageType, Server, ServerConfig};
 
 const T: MessageType = MessageType::new(200);
 const CLIENTS: usize = 100;
@@ -50,35 +50,40 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+async fn started(config: ServerConfig) -> Server {
+    let server = Server::new(config).expect("config");
+    server.start().await.expect("bind");
+    server
+}
+
+async fn connected(port: u16) -> Client {
+    let c = Client::new(ClientConfig::new("127.0.0.1", port)).expect("config");
+    c.connect().await.expect("connect");
+    c
+}
+
 async fn stress_veltix() -> f64 {
-    let server = Server::bind(ServerConfig::new("127.0.0.1", 0))
-        .await
-        .expect("bind");
-    let port = server.local_addr().port();
+    let server = Server::new(ServerConfig::new("127.0.0.1", 0)).expect("config");
     let total = (CLIENTS * PER_CLIENT) as u64;
     let received = Arc::new(AtomicU64::new(0));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
     let r = received.clone();
-    let s = server.clone();
-    let counter = tokio::spawn(async move {
-        let mut last = Instant::now();
-        while let Some(ev) = s.recv().await {
-            if let ServerEvent::Message(_, m) = ev {
-                assert_eq!(m.payload.len(), 64);
-                if r.fetch_add(1, Ordering::Relaxed) + 1 == total {
-                    last = Instant::now();
-                    break;
-                }
+    // A handler counts: no recv loop.
+    server.on_recv(move |_s: Server, _peer, m| {
+        assert_eq!(m.payload.len(), 64);
+        if r.fetch_add(1, Ordering::Relaxed) + 1 == total {
+            if let Some(tx) = done_tx.lock().expect("lock").take() {
+                let _ = tx.send(Instant::now());
             }
         }
-        last
+        async {}
     });
+    server.start().await.expect("bind");
+    let port = server.local_addr().expect("running").port();
     let mut clients = Vec::new();
     for _ in 0..CLIENTS {
-        clients.push(
-            Client::connect(ClientConfig::new("127.0.0.1", port))
-                .await
-                .expect("connect"),
-        );
+        clients.push(connected(port).await);
     }
     let payload = Bytes::from(vec![0x42u8; 64]);
     let start = Instant::now();
@@ -87,14 +92,14 @@ async fn stress_veltix() -> f64 {
         let (c, p) = (c.clone(), payload.clone());
         senders.push(tokio::spawn(async move {
             for _ in 0..PER_CLIENT {
-                c.send(T, p.clone()).await.expect("send");
+                c.send(T, p.clone(), None).await.expect("send");
             }
         }));
     }
     for s in senders {
         s.await.expect("sender");
     }
-    let last = counter.await.expect("counter");
+    let last = done_rx.await.expect("counter");
     assert_eq!(
         received.load(Ordering::Relaxed),
         total,
@@ -161,12 +166,8 @@ async fn stress_raw() -> f64 {
 }
 
 async fn ping_veltix() -> Vec<Duration> {
-    let server = Server::bind(ServerConfig::new("127.0.0.1", 0))
-        .await
-        .expect("bind");
-    let c = Client::connect(ClientConfig::new("127.0.0.1", server.local_addr().port()))
-        .await
-        .expect("connect");
+    let server = started(ServerConfig::new("127.0.0.1", 0)).await;
+    let c = connected(server.local_addr().expect("running").port()).await;
     for _ in 0..200 {
         c.ping(None).await.expect("warm-up ping");
     }
@@ -216,28 +217,18 @@ async fn ping_raw() -> Vec<Duration> {
 }
 
 async fn memory_per_idle_client() -> f64 {
-    let server = Server::bind(ServerConfig::new("127.0.0.1", 0))
-        .await
-        .expect("bind");
-    let port = server.local_addr().port();
+    let server = started(ServerConfig::new("127.0.0.1", 0)).await;
+    let port = server.local_addr().expect("running").port();
     // Connect and settle a first batch so lazily grown process state is not counted.
     let mut warm = Vec::new();
     for _ in 0..100 {
-        warm.push(
-            Client::connect(ClientConfig::new("127.0.0.1", port))
-                .await
-                .expect("connect"),
-        );
+        warm.push(connected(port).await);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = rss_bytes();
     let mut clients = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
-        clients.push(
-            Client::connect(ClientConfig::new("127.0.0.1", port))
-                .await
-                .expect("connect"),
-        );
+        clients.push(connected(port).await);
     }
     while server.clients().len() < IDLE + 100 {
         tokio::time::sleep(Duration::from_millis(10)).await;

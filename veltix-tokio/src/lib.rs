@@ -1,46 +1,51 @@
 //! # veltix-tokio: async Veltix client and server on tokio
 //!
-//! A thin driver over [`veltix_proto`]: one task per connection drives the
-//! sans-IO core with `select!` over socket readiness, the core's
-//! `poll_timeout` (`sleep_until`) and wake-ups from commands. Every protocol
-//! rule lives in the core, and the configuration, message, payload and error
-//! types are the core's, shared with `veltix-std`: switching driver is a
-//! change of import (and of `.await`s).
+//! A thin driver over the sans-IO core [`veltix_proto`]: the core's
+//! [`ClientSession`](veltix_proto::ClientSession) (one per [`Client`]) and
+//! [`Hub`](veltix_proto::Hub) (one per [`Server`]) hold every protocol and
+//! session rule (handshake, retries, admission, tags, broadcast targeting,
+//! request deadlines, backpressure). This crate only dials, accepts, moves
+//! bytes, sleeps until the core's deadlines and runs your handlers. The
+//! configuration, message, payload and error types are the core's, shared
+//! with `veltix-std`: switching driver is a change of import (and `.await`s).
 //!
-//! * [`Client`]: `connect(config).await`, `send` (waits while the bounded
-//!   queue is full) / `try_send` (typed "queue full" error), `request`
-//!   (Veltix's `send_and_wait`; cancellation-safe: dropping it frees the id),
-//!   `ping`, `recv` for messages and lifecycle events, routes, reconnect per
-//!   the same retry/backoff policy and `DisconnectState`s as `veltix-std`,
-//!   `disconnect`. Dropping the last clone ends its tasks.
-//! * [`Server`]: `bind(config).await`, `recv` for peers' events, routes,
-//!   `send`/`try_send`, `broadcast` (encoded once), `request` to one peer
-//!   (only that peer's reply counts), `ping`, tags on [`Peer`],
-//!   `clients_by_tag`, `close_client`, and `shutdown`, which flushes queued
-//!   frames (with a deadline) and waits for every task.
+//! * [`Client`]: `Client::new(config)`, handlers (`on_connect`, `on_recv`,
+//!   `route`, `on_disconnect`), `connect().await`, `send` (waits while the
+//!   bounded outbound queue is full) / `try_send`, `request` (Veltix's
+//!   `send_and_wait`), `ping`, `retry`/`stop_retry`, `disconnect`, and
+//!   [`Client::recv`] for what no handler consumed.
+//! * [`Server`]: `Server::new(config)`, handlers, `start().await`,
+//!   `send`/`try_send`/`request`/`ping` to one [`Peer`], `broadcast`
+//!   (all, except, to a list, by tag; encoded once), tags on [`Peer`],
+//!   `close_client`, `shutdown(flush)` (bounded in time) and
+//!   [`Server::recv`] for what no handler consumed.
 //!
-//! Messages from one peer are delivered in the order they were sent.
+//! Handlers are async and run on their own tasks, never on an I/O task, in
+//! order per peer (connect, messages, disconnect). Events waiting for a
+//! peer's handlers are bounded in bytes; past the bound the driver stops
+//! reading that peer. Request, ping, write and flush deadlines fire from the
+//! core's timers whether or not the application takes its events.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), veltix_tokio::Error> {
 //! use std::time::Duration;
-//! use veltix_tokio::{Client, ClientConfig, MessageType, Server, ServerConfig, ServerEvent};
+//! use veltix_tokio::{Client, ClientConfig, MessageType, Server, ServerConfig};
 //!
 //! const ECHO: MessageType = MessageType::new(200);
 //!
-//! let server = Server::bind(ServerConfig::new("127.0.0.1", 0)).await?;
-//! let port = server.local_addr().port();
-//! let s = server.clone();
-//! tokio::spawn(async move {
-//!     while let Some(event) = s.recv().await {
-//!         if let ServerEvent::Message(peer, msg) = event {
-//!             let _ = s.reply(&peer, &msg, ECHO, msg.payload.clone());
-//!         }
-//!     }
-//! });
+//! let server = Server::new(ServerConfig::new("127.0.0.1", 0))?;
+//! server.route(ECHO, |server: Server, peer, msg| async move {
+//!     let _ = server.reply(&peer, &msg, ECHO, msg.payload.clone());
+//! })?;
+//! server.start().await?;
+//! let port = server.local_addr().expect("running").port();
 //!
-//! let client = Client::connect(ClientConfig::new("127.0.0.1", port)).await?;
+//! let client = Client::new(ClientConfig::new("127.0.0.1", port))?;
+//! client.on_connect(|client: Client| async move {
+//!     println!("connected to {:?}", client.peer_addr());
+//! });
+//! client.connect().await?;
 //! let reply = client.request(ECHO, "hello", Some(Duration::from_secs(5))).await?;
 //! assert_eq!(reply.text()?, "hello");
 //! let rtt = client.ping(None).await?;
@@ -54,23 +59,36 @@
 #![deny(missing_docs)]
 
 mod client;
-mod conn;
+mod dispatch;
+mod io;
 mod server;
 
+pub use bytes::Bytes;
 pub use client::{Client, ClientEvent};
-pub use server::{Peer, Server, ServerEvent};
-pub use veltix_proto::config::{ClientConfig, ServerConfig};
+pub use serde_json::Value;
+pub use server::{ClientInfo, Peer, Server, ServerEvent};
 pub use veltix_proto::payload;
 pub use veltix_proto::retry::{Backoff, RetryPolicy};
 pub use veltix_proto::{
-    CloseReason, DisconnectReason, DisconnectState, Error, Frame, HandshakeError, LocalHello,
-    MessageType, PeerHello, SendError, SharedTags, Tags,
+    ClientConfig, CloseReason, ConfigError, ConnectionStats, Deadlines, DisconnectReason,
+    DisconnectState, Error, Frame, HandshakeError, HubStats, LocalHello, MessageType, PeerHello,
+    SendError, ServerConfig, Tags, Wait,
 };
 
 /// Locks a std mutex, ignoring poisoning (no critical section here can leave
-/// its data half-updated, and user callbacks never run under a lock).
+/// its data half-updated, and user code never runs under a lock).
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The core's clock: tokio's, so `tokio::time::pause()` drives the core too.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// A core deadline on tokio's clock.
+pub(crate) fn instant(t: std::time::Instant) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(t)
 }
 
 /// The README's code blocks, compiled and run as doctests (`cargo test --doc`).

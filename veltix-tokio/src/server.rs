@@ -1,382 +1,810 @@
-//! The async [`Server`].
+//! The async [`Server`]: an accept task, one I/O task per connection, and the
+//! core [`Hub`] (every connection, admission, tags, broadcast targeting and
+//! timers) behind one mutex.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, Notify};
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use veltix_proto::{
-    Acceptor, CloseReason, ConnectionStats, Error, Frame, MessageType, PeerHello, Router,
-    ServerConfig, SharedTags,
+    CloseReason, ConnectionStats, Error, Frame, Hub, HubEvent, HubStats, MessageType, PeerHello,
+    PeerId, Reply, RequestFailure, SendError, ServerConfig, Tags, Target, Wait,
 };
 
-use crate::conn::{drive, now, Conn, Delivery, Inbox};
-use crate::lock;
+use crate::dispatch::{BoxFut, Catch, Mailbox, RecvQueue, EVENT_OVERHEAD};
+use crate::io::{self, Read, ReadBuf, Timer, WRITE_TURN};
+use crate::{lock, now};
 
-/// Capacity of the server's event channel, shared by all peers, in batches
-/// (one batch holds what one read of one connection produced).
-const EVENTS: usize = 512;
-/// Pending connections the kernel may queue before `accept`.
-const LISTEN_BACKLOG: u32 = 4096;
+type PeerHandler = Arc<dyn Fn(Server, Peer) -> BoxFut + Send + Sync>;
+type MsgHandler = Arc<dyn Fn(Server, Peer, Frame) -> BoxFut + Send + Sync>;
+type Outcome = Result<Reply, RequestFailure>;
 
-static NEXT_PEER_ID: AtomicU64 = AtomicU64::new(1);
+/// Listen backlog.
+const BACKLOG: u32 = 4096;
+/// How long handlers may still run after `shutdown`'s deadline.
+const HANDLER_SLACK: Duration = Duration::from_millis(50);
 
-struct PeerInner {
-    id: u64,
-    addr: SocketAddr,
-    conn: Arc<Conn>,
-    tags: SharedTags,
-    hello: Mutex<Option<PeerHello>>,
-}
-
-/// One client as the server sees it (Veltix's `ClientInfo`): address, tags,
-/// handshake state. Cheap to clone; equality is identity.
-#[derive(Clone)]
-pub struct Peer(Arc<PeerInner>);
-
-impl std::fmt::Debug for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peer")
-            .field("id", &self.0.id)
-            .field("addr", &self.0.addr)
-            .field("handshake_done", &self.handshake_done())
-            .finish()
-    }
-}
-
-impl PartialEq for Peer {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.id == other.0.id
-    }
-}
-impl Eq for Peer {}
-
-impl Peer {
-    /// A process-wide unique, increasing id.
-    pub fn id(&self) -> u64 {
-        self.0.id
-    }
-    /// The peer's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.0.addr
-    }
-    /// Whether its handshake finished (and it is still connected).
-    pub fn handshake_done(&self) -> bool {
-        self.0.conn.is_established()
-    }
-    /// Its hello, once connected.
-    pub fn hello(&self) -> Option<PeerHello> {
-        lock(&self.0.hello).clone()
-    }
-    /// Counters of its connection.
-    pub fn stats(&self) -> ConnectionStats {
-        self.0.conn.stats()
-    }
-    /// Its tags (Veltix's `add_tag`, `set_tag`, `get_tag`, `has_tag`,
-    /// `has_all_tags`, `has_any_tags`, `remove_tag`, `clear_tags`), shared by
-    /// every clone of this handle. They never travel on the wire.
-    pub fn tags(&self) -> &SharedTags {
-        &self.0.tags
-    }
-
-    fn conn(&self) -> Result<&Arc<Conn>, Error> {
-        if self.handshake_done() {
-            Ok(&self.0.conn)
-        } else {
-            Err(Error::NotConnected)
-        }
-    }
-}
-
-/// What [`Server::recv`] returns.
-#[derive(Debug, Clone, PartialEq)]
+/// What [`Server::recv`] returns: the events no handler consumed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum ServerEvent {
-    /// A client finished its handshake.
+    /// A client finished its handshake (no `on_connect` handler).
     Connected(Peer),
-    /// A message no route claimed and no request was waiting for.
+    /// A message no route or `on_recv` handler took, and that answered no request.
     Message(Peer, Frame),
-    /// A connected client went away.
+    /// A client that had connected went away (no `on_disconnect` handler).
     Disconnected(Peer, CloseReason),
 }
 
-type Route = Arc<dyn Fn(&Server, &Peer, Frame) + Send + Sync>;
-
-struct Shared {
-    config: ServerConfig,
-    local_addr: SocketAddr,
-    acceptor: Mutex<Acceptor>,
-    peers: Mutex<BTreeMap<u64, Peer>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    accept_task: Mutex<Option<JoinHandle<()>>>,
-    stopping: AtomicBool,
-    stop: Arc<Notify>,
-    tx: mpsc::Sender<(Peer, Vec<Delivery>)>,
-    rx: tokio::sync::Mutex<Inbox<Peer>>,
-    routes: Mutex<Router<Route>>,
+enum Job {
+    Peer(Peer, PeerHandler),
+    Message(Peer, Frame, MsgHandler),
 }
 
-/// An async Veltix server: one task per connection, events through
-/// [`recv`](Self::recv) in arrival order per peer.
+#[derive(Default)]
+struct Handlers {
+    on_connect: Option<PeerHandler>,
+    on_disconnect: Option<PeerHandler>,
+    on_recv: Option<MsgHandler>,
+    routes: HashMap<MessageType, MsgHandler>,
+}
+
+/// Wake-ups of one connection task.
+#[derive(Default)]
+struct ConnCtl {
+    /// Output queued, connection finished, or its handler queue drained.
+    wake: Notify,
+    /// Output was written (room for a waiting `send`), or the connection ended.
+    room: Notify,
+}
+
+struct PeerInfo {
+    addr: SocketAddr,
+    /// The client's hello, once connected (kept by every `Peer` handed out).
+    hello: Option<Arc<PeerHello>>,
+    /// Present while the connection task runs.
+    ctl: Option<Arc<ConnCtl>>,
+    /// The task stopped reading (the hub did not want input, or the
+    /// handler queue was full): wake it once the hub wants input again.
+    read_paused: bool,
+    task: Option<JoinHandle<()>>,
+}
+
+#[derive(PartialEq, Eq)]
+enum Phase {
+    New,
+    Running,
+    Stopped,
+}
+
+struct State {
+    hub: Hub,
+    phase: Phase,
+    rt: Option<Handle>,
+    local_addr: Option<SocketAddr>,
+    accept: Option<JoinHandle<()>>,
+    peers: HashMap<PeerId, PeerInfo>,
+    waiters: HashMap<(PeerId, u16), oneshot::Sender<Outcome>>,
+    mailboxes: HashMap<PeerId, Mailbox<Job>>,
+    recv: RecvQueue<ServerEvent>,
+    handlers: Handlers,
+}
+
+struct Inner {
+    config: ServerConfig,
+    state: Mutex<State>,
+    recv_ready: Notify,
+    dispatch_idle: Notify,
+    closed: Notify,
+}
+
+/// An async Veltix server. Cheap to clone (all clones are the same server).
+///
+/// Register handlers, then [`start`](Self::start); handlers run on their
+/// own tasks, in order per peer. Events no handler takes go to
+/// [`recv`](Self::recv).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), veltix_tokio::Error> {
-/// use veltix_tokio::{MessageType, Server, ServerConfig, ServerEvent};
-/// let server = Server::bind(ServerConfig::new("127.0.0.1", 8080)).await?;
-/// while let Some(event) = server.recv().await {
-///     if let ServerEvent::Message(peer, msg) = event {
-///         server.reply(&peer, &msg, msg.message_type, msg.payload.clone())?;
-///     }
-/// }
+/// use veltix_tokio::{MessageType, Server, ServerConfig};
+/// let server = Server::new(ServerConfig::new("0.0.0.0", 8080))?;
+/// server.on_connect(|_server: Server, peer| async move { println!("{} joined", peer.addr()) });
+/// server.on_recv(|server: Server, peer, msg| async move {
+///     let _ = server.reply(&peer, &msg, msg.message_type, msg.payload.clone());
+/// });
+/// server.start().await?;
+/// server.wait_closed().await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
-pub struct Server(Arc<Shared>);
+pub struct Server(Arc<Inner>);
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("local_addr", &self.0.local_addr)
+            .field("local_addr", &self.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One client of a [`Server`]: its id, address, and the server's state for
+/// it (tags, hello, counters). Cheap to clone; compares by connection.
+#[derive(Clone)]
+#[doc(alias = "ClientInfo")]
+pub struct Peer {
+    id: PeerId,
+    addr: SocketAddr,
+    hello: Option<Arc<PeerHello>>,
+    server: Weak<Inner>,
+}
+
+/// Veltix's name for a [`Peer`].
+pub type ClientInfo = Peer;
+
+impl PartialEq for Peer {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id && Weak::ptr_eq(&self.server, &other.server)
+    }
+}
+impl Eq for Peer {}
+impl Hash for Peer {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id.hash(state);
+    }
+}
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.id.as_u64())
+            .field("addr", &self.addr)
             .finish()
     }
 }
 
-async fn refuse(mut stream: TcpStream, bytes: Bytes) {
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&bytes)).await;
-    let _ = stream.shutdown().await;
+impl Peer {
+    fn with_hub<T>(&self, f: impl FnOnce(&mut Hub, PeerId) -> T) -> Option<T> {
+        let inner = self.server.upgrade()?;
+        let mut st = lock(&inner.state);
+        Some(f(&mut st.hub, self.id))
+    }
+    fn with_tags<T>(&self, f: impl FnOnce(&mut Tags) -> T) -> Option<T> {
+        self.with_hub(|h, id| h.tags_mut(id).map(f)).flatten()
+    }
+
+    /// A number unique to this connection within its server.
+    pub fn id(&self) -> u64 {
+        self.id.as_u64()
+    }
+    /// The client's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    /// The client's IP address.
+    pub fn ip(&self) -> IpAddr {
+        self.addr.ip()
+    }
+    /// The client's port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+    /// Whether the client is connected (handshake done, not closed).
+    pub fn handshake_done(&self) -> bool {
+        self.with_hub(|h, id| h.is_connected(id)).unwrap_or(false)
+    }
+    /// The client's hello (kept after the client is gone).
+    pub fn hello(&self) -> Option<PeerHello> {
+        self.hello.as_deref().cloned()
+    }
+    /// Counters of the connection.
+    pub fn stats(&self) -> Option<ConnectionStats> {
+        self.with_hub(|h, id| h.peer_stats(id)).flatten()
+    }
+    /// Adds a tag; `false` (and no change) if it exists or the peer is gone.
+    pub fn add_tag(&self, name: &str, value: Value) -> bool {
+        self.with_tags(|t| t.add_tag(name, value)).unwrap_or(false)
+    }
+    /// Sets a tag (overwriting).
+    pub fn set_tag(&self, name: &str, value: Value) {
+        self.with_tags(|t| t.set_tag(name, value));
+    }
+    /// A tag's value.
+    pub fn get_tag(&self, name: &str) -> Option<Value> {
+        self.with_tags(|t| t.get_tag(name).cloned()).flatten()
+    }
+    /// Whether the tag exists.
+    pub fn has_tag(&self, name: &str) -> bool {
+        self.with_tags(|t| t.has_tag(name)).unwrap_or(false)
+    }
+    /// Whether every one of these tags exists.
+    pub fn has_all_tags(&self, names: &[&str]) -> bool {
+        self.with_tags(|t| t.has_all_tags(names.iter().copied()))
+            .unwrap_or(false)
+    }
+    /// Whether any of these tags exists.
+    pub fn has_any_tags(&self, names: &[&str]) -> bool {
+        self.with_tags(|t| t.has_any_tags(names.iter().copied()))
+            .unwrap_or(false)
+    }
+    /// Removes a tag; `false` if it did not exist.
+    pub fn remove_tag(&self, name: &str) -> bool {
+        self.with_tags(|t| t.remove_tag(name)).unwrap_or(false)
+    }
+    /// Removes every tag.
+    pub fn clear_tags(&self) {
+        self.with_tags(Tags::clear_tags);
+    }
+    /// A copy of the tags (empty once the peer is gone).
+    pub fn tags(&self) -> Tags {
+        self.with_tags(|t| t.clone()).unwrap_or_default()
+    }
 }
 
-async fn accept_loop(listener: TcpListener, weak: Weak<Shared>, stop: Arc<Notify>) {
-    loop {
-        let accepted = {
-            let stopped = stop.notified();
-            tokio::pin!(stopped);
-            stopped.as_mut().enable();
-            // Only a weak reference is held while waiting: dropping the
-            // server's last handle ends this loop.
-            if weak
-                .upgrade()
-                .is_none_or(|s| s.stopping.load(Ordering::SeqCst))
-            {
-                return;
-            }
-            tokio::select! {
-                r = listener.accept() => r,
-                () = stopped => return,
-            }
-        };
-        let Some(s) = weak.upgrade() else { return };
-        let (stream, addr) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        {
-            let mut tasks = lock(&s.tasks);
-            if tasks.len() % 64 == 0 {
-                tasks.retain(|t| !t.is_finished());
+impl State {
+    fn peer(&self, inner: &Arc<Inner>, id: PeerId) -> Peer {
+        let info = self.peers.get(&id);
+        Peer {
+            id,
+            addr: info.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.addr),
+            hello: info.and_then(|i| i.hello.clone()),
+            server: Arc::downgrade(inner),
+        }
+    }
+
+    fn wake(&self, id: PeerId, me: Option<PeerId>) {
+        if Some(id) != me {
+            if let Some(ctl) = self.peers.get(&id).and_then(|i| i.ctl.as_ref()) {
+                ctl.wake.notify_one();
             }
         }
-        let admitted = lock(&s.acceptor).accept(now());
-        let conn = match admitted {
-            Ok(c) => c,
-            Err(rejection) => {
-                tracing::info!(%addr, reason = %rejection.reason, "connection refused");
-                let t = tokio::spawn(refuse(stream, rejection.bytes));
-                lock(&s.tasks).push(t);
+    }
+
+    fn push_job(&mut self, inner: &Arc<Inner>, id: PeerId, job: Job, cost: usize) {
+        if self.mailboxes.entry(id).or_default().push(job, cost) {
+            if let Some(rt) = &self.rt {
+                rt.spawn(dispatch(inner.clone(), id));
+            }
+        }
+    }
+
+    fn push_recv(&mut self, inner: &Inner, e: ServerEvent, cost: usize) {
+        self.recv.push(e, cost);
+        inner.recv_ready.notify_one();
+    }
+
+    /// Takes what the hub has for the driver: request outcomes always,
+    /// application events while the `recv` queue has room (or `force`),
+    /// then wakes the connections with output or that finished (except `me`,
+    /// the caller's own).
+    fn pump(&mut self, inner: &Arc<Inner>, me: Option<PeerId>, force: bool) {
+        while let Some((id, ev)) = self.hub.poll_completion() {
+            self.route(inner, id, ev);
+        }
+        while force || !self.recv.is_over() {
+            let Some((id, ev)) = self.hub.poll_event() else {
+                break;
+            };
+            self.route(inner, id, ev);
+            // Taking events lets the core decode again: resume reading.
+            if let Some(info) = self.peers.get_mut(&id) {
+                if info.read_paused && self.hub.wants_input(id) {
+                    info.read_paused = false;
+                    if let (Some(ctl), true) = (&info.ctl, Some(id) != me) {
+                        ctl.wake.notify_one();
+                    }
+                }
+            }
+        }
+        while let Some(id) = self.hub.poll_transmit_ready() {
+            self.wake(id, me);
+        }
+        while let Some(id) = self.hub.poll_finished() {
+            self.wake(id, me);
+        }
+    }
+
+    fn route(&mut self, inner: &Arc<Inner>, id: PeerId, ev: HubEvent) {
+        match ev {
+            HubEvent::Completed {
+                request_id,
+                outcome,
+            } => {
+                if let Some(tx) = self.waiters.remove(&(id, request_id)) {
+                    let _ = tx.send(outcome);
+                }
+            }
+            HubEvent::Connected(hello) => {
+                if let Some(info) = self.peers.get_mut(&id) {
+                    info.hello = Some(Arc::new(hello));
+                }
+                let peer = self.peer(inner, id);
+                match self.handlers.on_connect.clone() {
+                    Some(h) => self.push_job(inner, id, Job::Peer(peer, h), EVENT_OVERHEAD),
+                    None => self.push_recv(inner, ServerEvent::Connected(peer), EVENT_OVERHEAD),
+                }
+            }
+            HubEvent::Message(f) => {
+                let peer = self.peer(inner, id);
+                let cost = EVENT_OVERHEAD + f.payload.len();
+                let h = self.handlers.routes.get(&f.message_type);
+                match h.or(self.handlers.on_recv.as_ref()).cloned() {
+                    Some(h) => self.push_job(inner, id, Job::Message(peer, f, h), cost),
+                    None => self.push_recv(inner, ServerEvent::Message(peer, f), cost),
+                }
+            }
+            HubEvent::Disconnected(reason) => {
+                let peer = self.peer(inner, id);
+                match self.handlers.on_disconnect.clone() {
+                    Some(h) => self.push_job(inner, id, Job::Peer(peer, h), EVENT_OVERHEAD),
+                    None => self.push_recv(
+                        inner,
+                        ServerEvent::Disconnected(peer, reason),
+                        EVENT_OVERHEAD,
+                    ),
+                }
+                if let Some(mb) = self.mailboxes.get_mut(&id) {
+                    mb.ended = true;
+                    if !mb.running && mb.is_empty() {
+                        self.mailboxes.remove(&id);
+                    }
+                }
+                if self.peers.get(&id).is_some_and(|i| i.ctl.is_none()) {
+                    self.peers.remove(&id);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs the handler jobs of one peer in order, then exits.
+async fn dispatch(inner: Arc<Inner>, id: PeerId) {
+    let server = Server(inner.clone());
+    let mut batch = VecDeque::new();
+    let mut lingered = false;
+    loop {
+        if batch.is_empty() {
+            let linger = {
+                let mut st = lock(&inner.state);
+                let Some(mb) = st.mailboxes.get_mut(&id) else {
+                    break;
+                };
+                if mb.is_empty() && !mb.ended && !lingered {
+                    // Wait one turn before exiting: a busy peer's next
+                    // event is usually about to come, and a spawn costs more.
+                    true
+                } else {
+                    let resumed = mb.pop_batch(&mut batch);
+                    let ended = mb.ended;
+                    if resumed {
+                        // Under its cap again: the connection may read.
+                        st.wake(id, None);
+                    }
+                    if batch.is_empty() {
+                        if ended {
+                            st.mailboxes.remove(&id);
+                        }
+                        break;
+                    }
+                    false
+                }
+            };
+            if linger {
+                lingered = true;
+                tokio::task::yield_now().await;
                 continue;
             }
+            lingered = false;
+        }
+        let Some(job) = batch.pop_front() else {
+            continue;
         };
-        let peer = Peer(Arc::new(PeerInner {
-            id: NEXT_PEER_ID.fetch_add(1, Ordering::Relaxed),
-            addr,
-            conn: Conn::new(conn, addr),
-            tags: SharedTags::default(),
-            hello: Mutex::new(None),
-        }));
-        lock(&s.peers).insert(peer.id(), peer.clone());
-        let (tx, read_size, w) = (s.tx.clone(), s.config.buffer_size, weak.clone());
-        let task = tokio::spawn(async move {
-            let conn = peer.0.conn.clone();
-            drive(conn, stream, peer.clone(), tx, read_size).await;
-            if let Some(s) = w.upgrade() {
-                lock(&s.acceptor).release();
-                lock(&s.peers).remove(&peer.id());
+        let fut = match job {
+            Job::Peer(p, h) => h(server.clone(), p),
+            Job::Message(p, f, h) => h(server.clone(), p, f),
+        };
+        if Catch(fut).await.is_err() {
+            tracing::error!(peer = %id, "a server handler panicked");
+        }
+    }
+    inner.dispatch_idle.notify_waiters();
+}
+
+/// Accepts until aborted by `shutdown`. Running out of file descriptors
+/// backs off and is logged at most once a second.
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    let mut last_log: Option<tokio::time::Instant> = None;
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => admit(&inner, stream, addr),
+            Err(e) => {
+                let exhausted =
+                    matches!(e.raw_os_error(), Some(23 | 24)) || e.kind() == ErrorKind::OutOfMemory;
+                let quiet = last_log.is_some_and(|t| t.elapsed() < Duration::from_secs(1));
+                if !quiet {
+                    tracing::warn!(error = %e, "accept failed");
+                    last_log = Some(tokio::time::Instant::now());
+                }
+                if exhausted || !matches!(e.kind(), ErrorKind::ConnectionAborted) {
+                    tokio::time::sleep(Duration::from_millis(75)).await;
+                }
             }
-        });
-        lock(&s.tasks).push(task);
+        }
+    }
+}
+
+fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut st = lock(&inner.state);
+    if st.phase != Phase::Running {
+        return;
+    }
+    match st.hub.accept(now()) {
+        Ok(id) => {
+            tracing::debug!(peer = %id, %addr, "accepted");
+            let ctl = Arc::new(ConnCtl::default());
+            let task = tokio::spawn(conn_task(inner.clone(), id, ctl.clone(), stream));
+            st.peers.insert(
+                id,
+                PeerInfo {
+                    addr,
+                    hello: None,
+                    read_paused: false,
+                    ctl: Some(ctl),
+                    task: Some(task),
+                },
+            );
+        }
+        Err(rejection) => {
+            drop(st);
+            tokio::spawn(async move {
+                let mut out = rejection.bytes;
+                let written = tokio::time::timeout(Duration::from_secs(1), async {
+                    while !out.is_empty() {
+                        if stream.writable().await.is_err() || io::write(&stream, &mut out).is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                let _ = written.await;
+            });
+        }
+    }
+}
+
+/// One connection: writes what the hub gives, reads while the hub wants
+/// input (and the peer's handler queue has room), fires the peer's
+/// deadlines; drops the socket as soon as the hub is done with it.
+async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: TcpStream) {
+    let mut out = Bytes::new();
+    let mut buf = ReadBuf::default();
+    let mut timer = Timer::new();
+    loop {
+        let (read, deadline) = {
+            let mut st = lock(&inner.state);
+            // Route what the last step produced (this peer's and others').
+            st.pump(&inner, Some(id), false);
+            if !st.hub.is_open(id) {
+                break;
+            }
+            if out.is_empty() {
+                out = st.hub.poll_transmit(id).unwrap_or_default();
+            }
+            let read =
+                st.hub.wants_input(id) && !st.mailboxes.get(&id).is_some_and(Mailbox::is_over);
+            if let Some(info) = st.peers.get_mut(&id) {
+                info.read_paused = !read;
+            }
+            (read, st.hub.peer_timeout(id))
+        };
+        // Output: as much as the socket takes now, reported piece by piece.
+        let mut turn = 0;
+        let mut failed = false;
+        while !out.is_empty() && turn < WRITE_TURN {
+            match io::write(&stream, &mut out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    turn += n;
+                    let mut st = lock(&inner.state);
+                    st.hub.handle_written(id, now(), n);
+                    if out.is_empty() {
+                        out = st.hub.poll_transmit(id).unwrap_or_default();
+                    }
+                }
+                Err(e) => {
+                    lock(&inner.state).hub.handle_transport_error(id, now(), &e);
+                    out = Bytes::new();
+                    failed = true;
+                }
+            }
+        }
+        if turn > 0 {
+            ctl.room.notify_waiters();
+        }
+        if failed || turn >= WRITE_TURN {
+            tokio::task::yield_now().await;
+            continue;
+        }
+        let writing = !out.is_empty();
+        timer.set(deadline);
+        tokio::select! {
+            r = stream.readable(), if read => {
+                let r = match r {
+                    Ok(()) => buf.read(&stream),
+                    Err(e) => Read::Failed(e),
+                };
+                let mut st = lock(&inner.state);
+                match r {
+                    Read::Data => st.hub.handle_input(id, now(), buf.data()),
+                    Read::Eof => st.hub.handle_eof(id, now()),
+                    Read::Failed(e) => st.hub.handle_transport_error(id, now(), &e),
+                    Read::WouldBlock => {}
+                }
+            }
+            _ = stream.writable(), if writing => {}
+            () = timer.fired(), if timer.is_armed() => {
+                lock(&inner.state).hub.handle_peer_timeout(id, now());
+            }
+            () = ctl.wake.notified() => {}
+        }
+    }
+    drop(stream);
+    ctl.room.notify_waiters();
+    let mut st = lock(&inner.state);
+    st.pump(&inner, Some(id), false);
+    let gone = st.hub.tags(id).is_none();
+    if let Some(info) = st.peers.get_mut(&id) {
+        info.ctl = None;
+        info.task = None;
+        if gone {
+            st.peers.remove(&id);
+        }
+    }
+}
+
+async fn bind(config: &ServerConfig) -> Result<TcpListener, Error> {
+    let name = format!("{}:{}", config.host, config.port);
+    let addr = tokio::net::lookup_host((config.host.as_str(), config.port))
+        .await
+        .map_err(|_| Error::Resolve(name.clone()))?
+        .next()
+        .ok_or(Error::Resolve(name))?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket.listen(BACKLOG)?)
+}
+
+/// Clears a pending request whose future was dropped before its outcome.
+struct Pending<'a> {
+    inner: &'a Inner,
+    key: (PeerId, u16),
+    done: bool,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut st = lock(&self.inner.state);
+            st.waiters.remove(&self.key);
+            st.hub.cancel_request(self.key.0, self.key.1);
+        }
     }
 }
 
 impl Server {
-    /// Binds `host:port` and starts accepting.
+    /// A server for `config` (validated; no I/O before [`start`](Self::start)).
     ///
     /// # Errors
-    /// [`Error::Config`], [`Error::Resolve`], [`Error::Io`] when binding fails.
-    pub async fn bind(config: ServerConfig) -> Result<Server, Error> {
+    /// [`Error::Config`] for a setting out of range.
+    pub fn new(config: ServerConfig) -> Result<Server, Error> {
         config.validate()?;
-        let name = format!("{}:{}", config.host, config.port);
-        let addr = tokio::net::lookup_host((config.host.as_str(), config.port))
-            .await
-            .map_err(|_| Error::Resolve(name.clone()))?
-            .next()
-            .ok_or(Error::Resolve(name))?;
-        // A deep backlog: a burst of connects must not overflow it (dropped
-        // SYNs are retried by the kernel only after 1 s, 3 s, 7 s ...).
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        let listener = socket.listen(LISTEN_BACKLOG)?;
-        let local_addr = listener.local_addr()?;
-        let (tx, rx) = mpsc::channel(EVENTS);
-        let shared = Arc::new(Shared {
-            acceptor: Mutex::new(Acceptor::new(
-                config.connection_config(),
-                config.max_connection,
-            )),
+        let hub = Hub::new(&config);
+        Ok(Server(Arc::new(Inner {
             config,
-            local_addr,
-            peers: Mutex::new(BTreeMap::new()),
-            tasks: Mutex::new(Vec::new()),
-            accept_task: Mutex::new(None),
-            stopping: AtomicBool::new(false),
-            stop: Arc::new(Notify::new()),
-            tx,
-            rx: tokio::sync::Mutex::new(Inbox::new(rx)),
-            routes: Mutex::new(Router::default()),
-        });
-        let t = tokio::spawn(accept_loop(
-            listener,
-            Arc::downgrade(&shared),
-            shared.stop.clone(),
-        ));
-        *lock(&shared.accept_task) = Some(t);
-        tracing::info!(%local_addr, "veltix server listening");
-        Ok(Server(shared))
+            state: Mutex::new(State {
+                hub,
+                phase: Phase::New,
+                rt: None,
+                local_addr: None,
+                accept: None,
+                peers: HashMap::new(),
+                waiters: HashMap::new(),
+                mailboxes: HashMap::new(),
+                recv: RecvQueue::default(),
+                handlers: Handlers::default(),
+            }),
+            recv_ready: Notify::new(),
+            dispatch_idle: Notify::new(),
+            closed: Notify::new(),
+        })))
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.0.local_addr
+    fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.0.state)
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &ServerConfig {
-        &self.0.config
+    fn check(&self, peer: &Peer) -> Result<(), Error> {
+        if Weak::ptr_eq(&peer.server, &Arc::downgrade(&self.0)) {
+            Ok(())
+        } else {
+            Err(Error::NotConnected)
+        }
     }
 
-    /// Routes messages of one type to a handler, called from
-    /// [`recv`](Self::recv) in arrival order; `false` if the type has one.
-    pub fn route(
+    /// Runs `f` on each client that finishes its handshake (Veltix's
+    /// `on_connect`); without it, [`recv`](Self::recv) gets `Connected`.
+    pub fn on_connect<F, Fut>(&self, f: F)
+    where
+        F: Fn(Server, Peer) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.state().handlers.on_connect = Some(Arc::new(move |s, p| Box::pin(f(s, p))));
+    }
+
+    /// Runs `f` when a client that had connected goes away, after its last
+    /// message (Veltix's `on_disconnect`); without it, `recv` gets `Disconnected`.
+    pub fn on_disconnect<F, Fut>(&self, f: F)
+    where
+        F: Fn(Server, Peer) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.state().handlers.on_disconnect = Some(Arc::new(move |s, p| Box::pin(f(s, p))));
+    }
+
+    /// Runs `f` on every message no route takes (Veltix's `on_recv`);
+    /// without it, `recv` gets them.
+    pub fn on_recv<F, Fut>(&self, f: F)
+    where
+        F: Fn(Server, Peer, Frame) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.state().handlers.on_recv = Some(Arc::new(move |s, p, m| Box::pin(f(s, p, m))));
+    }
+
+    /// Runs `f` on every message of type `t` (Veltix's `route`).
+    ///
+    /// # Errors
+    /// [`SendError::ReservedType`] below 200; [`Error::RouteExists`] if `t`
+    /// has a route already (the first stays).
+    pub fn route<F, Fut>(&self, t: MessageType, f: F) -> Result<(), Error>
+    where
+        F: Fn(Server, Peer, Frame) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        if t.is_system() {
+            return Err(Error::Send(SendError::ReservedType(t)));
+        }
+        let mut st = self.state();
+        if st.handlers.routes.contains_key(&t) {
+            return Err(Error::RouteExists(t));
+        }
+        st.handlers
+            .routes
+            .insert(t, Arc::new(move |s, p, m| Box::pin(f(s, p, m))));
+        Ok(())
+    }
+
+    /// Binds and listens (backlog 4096), then accepts and serves clients.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRunning`], [`Error::ShutDown`] after a shutdown,
+    /// [`Error::Resolve`] or [`Error::Io`] when binding fails.
+    pub async fn start(&self) -> Result<(), Error> {
+        match self.state().phase {
+            Phase::New => {}
+            Phase::Running => return Err(Error::AlreadyRunning),
+            Phase::Stopped => return Err(Error::ShutDown),
+        }
+        let listener = bind(&self.0.config).await?;
+        let addr = listener.local_addr()?;
+        let mut st = self.state();
+        if st.phase != Phase::New {
+            return Err(Error::AlreadyRunning);
+        }
+        st.phase = Phase::Running;
+        st.local_addr = Some(addr);
+        st.rt = Some(Handle::current());
+        st.accept = Some(tokio::spawn(accept_loop(self.0.clone(), listener)));
+        tracing::info!(%addr, "server listening");
+        Ok(())
+    }
+
+    /// The address listened on, while running.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.state().local_addr
+    }
+
+    /// The connected clients.
+    pub fn clients(&self) -> Vec<Peer> {
+        let st = self.state();
+        st.hub.peers().map(|id| st.peer(&self.0, id)).collect()
+    }
+
+    /// The connected clients with `tag` (equal to `value`, when given).
+    #[doc(alias = "get_clients_by_tag")]
+    pub fn clients_by_tag(&self, tag: &str, value: Option<&Value>) -> Vec<Peer> {
+        let st = self.state();
+        st.hub
+            .peers_by_tag(tag, value)
+            .into_iter()
+            .map(|id| st.peer(&self.0, id))
+            .collect()
+    }
+
+    /// Sends a message, waiting while the peer's outbound queue is full,
+    /// up to `timeout` (`None`: the config's `request_timeout`).
+    ///
+    /// # Errors
+    /// [`Error::TimedOut`] (`Wait::Send`) when no room came in time, else as
+    /// [`try_send`](Self::try_send).
+    pub async fn send(
         &self,
-        message_type: MessageType,
-        f: impl Fn(&Server, &Peer, Frame) + Send + Sync + 'static,
-    ) -> bool {
-        lock(&self.0.routes).route(message_type, Arc::new(f))
-    }
-
-    /// The next event. Routed messages are handed to their handler here and
-    /// not returned. `None` after [`shutdown`](Self::shutdown).
-    pub async fn recv(&self) -> Option<ServerEvent> {
-        let mut rx = self.0.rx.lock().await;
+        peer: &Peer,
+        t: MessageType,
+        payload: impl Into<Bytes>,
+        timeout: Option<Duration>,
+    ) -> Result<u16, Error> {
+        let after = timeout.unwrap_or(self.0.config.request_timeout);
+        let deadline = tokio::time::Instant::now() + after;
+        let payload = payload.into();
         loop {
-            let (peer, d) = rx
-                .next(&self.0.stop, || self.0.stopping.load(Ordering::SeqCst))
-                .await?;
-            match d {
-                Delivery::Connected(hello) => {
-                    *lock(&peer.0.hello) = Some(hello);
-                    return Some(ServerEvent::Connected(peer));
-                }
-                Delivery::Message(f) => {
-                    let route = {
-                        let routes = lock(&self.0.routes);
-                        routes
-                            .has_route(f.message_type)
-                            .then(|| routes.handler(f.message_type).cloned())
-                            .flatten()
-                    };
-                    match route {
-                        Some(h) => h(self, &peer, f),
-                        None => return Some(ServerEvent::Message(peer, f)),
-                    }
-                }
-                Delivery::Closed(reason) => {
-                    // Only clients that were connected get a Disconnected event.
-                    if lock(&peer.0.hello).is_some() {
-                        return Some(ServerEvent::Disconnected(peer, reason));
-                    }
-                }
-                Delivery::Lifecycle(_) => {}
+            self.check(peer)?;
+            let ctl = {
+                let st = self.state();
+                st.peers.get(&peer.id).and_then(|i| i.ctl.clone())
+            };
+            let ctl = ctl.ok_or(Error::NotConnected)?;
+            let room = ctl.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.try_send(peer, t, payload.clone()) {
+                Err(Error::Send(SendError::QueueFull { .. })) => {}
+                r => return r,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(Error::TimedOut {
+                    what: Wait::Send,
+                    after,
+                });
             }
         }
     }
 
-    /// Clients whose handshake is done.
-    pub fn clients(&self) -> Vec<Peer> {
-        lock(&self.0.peers)
-            .values()
-            .filter(|p| p.handshake_done())
-            .cloned()
-            .collect()
-    }
-
-    /// Clients carrying `tag` (with `value`, when given).
-    pub fn clients_by_tag(&self, tag: &str, value: Option<&Value>) -> Vec<Peer> {
-        self.clients()
-            .into_iter()
-            .filter(|p| p.tags().matches(tag, value))
-            .collect()
-    }
-
-    /// Whether a new connection would be refused with `server_full`.
-    pub fn is_full(&self) -> bool {
-        lock(&self.0.acceptor).is_full()
-    }
-
-    /// Queues a message for one client, or fails with a full-queue error.
+    /// Queues a message without waiting; returns its request id.
     ///
     /// # Errors
-    /// [`Error::NotConnected`], or the core's refusal.
+    /// [`Error::Send`] (`QueueFull`, `ReservedType`, ...), [`Error::NotConnected`],
+    /// [`Error::Closed`].
     pub fn try_send(
         &self,
         peer: &Peer,
         t: MessageType,
         payload: impl Into<Bytes>,
     ) -> Result<u16, Error> {
-        peer.conn()?.try_send(t, payload.into())
+        self.check(peer)?;
+        let mut st = self.state();
+        let id = st.hub.send(peer.id, t, payload)?;
+        st.pump(&self.0, None, false);
+        Ok(id)
     }
 
-    /// Queues a message for one client, waiting while its queue is full.
-    ///
-    /// # Errors
-    /// [`Error::NotConnected`], or the core's refusal.
-    pub async fn send(
-        &self,
-        peer: &Peer,
-        t: MessageType,
-        payload: impl Into<Bytes>,
-    ) -> Result<u16, Error> {
-        let conn = peer.conn()?;
-        let payload = payload.into();
-        conn.with_space(|| conn.try_send(t, payload.clone())).await
-    }
-
-    /// Answers `request` (same id).
+    /// Answers `request` (same id) without waiting.
     ///
     /// # Errors
     /// As [`try_send`](Self::try_send).
@@ -387,42 +815,44 @@ impl Server {
         t: MessageType,
         payload: impl Into<Bytes>,
     ) -> Result<(), Error> {
-        peer.conn()?
-            .try_send_with_id(t, request.request_id, payload.into())
+        self.check(peer)?;
+        let mut st = self.state();
+        st.hub.reply(peer.id, request.request_id, t, payload)?;
+        st.pump(&self.0, None, false);
+        Ok(())
     }
 
-    /// One frame, encoded once with one id, queued for every connected client
-    /// except `except`. Returns how many it was queued for.
-    ///
-    /// # Errors
-    /// [`Error::Send`] when the payload cannot be framed.
-    pub fn broadcast(
+    async fn outcome(
         &self,
-        t: MessageType,
-        payload: &[u8],
-        except: &[Peer],
-    ) -> Result<usize, Error> {
-        let frame = lock(&self.0.acceptor)
-            .broadcast_frame(t, payload)
-            .map_err(|e| Error::Send(e.into()))?;
-        let mut sent = 0;
-        for p in self.clients() {
-            if except.contains(&p) {
-                continue;
-            }
-            match p.conn().and_then(|c| c.try_send_encoded(&frame)) {
-                Ok(()) => sent += 1,
-                Err(e) => tracing::debug!(peer = p.id(), error = %e, "broadcast skipped a peer"),
-            }
-        }
-        Ok(sent)
+        peer: &Peer,
+        start: impl FnOnce(&mut Hub) -> Result<u16, SendError>,
+    ) -> Result<Outcome, Error> {
+        self.check(peer)?;
+        let (key, rx) = {
+            let mut st = self.state();
+            let rid = start(&mut st.hub)?;
+            let (tx, rx) = oneshot::channel();
+            st.waiters.insert((peer.id, rid), tx);
+            st.pump(&self.0, None, false);
+            ((peer.id, rid), rx)
+        };
+        let mut pending = Pending {
+            inner: &self.0,
+            key,
+            done: false,
+        };
+        let r = rx.await;
+        pending.done = true;
+        r.map_err(|_| Error::ShutDown)
     }
 
-    /// Sends a request to one client; only that client's frame with the same
-    /// id answers it. Dropping the future frees the id.
+    /// Sends a request and waits for the peer's reply (same id), up to
+    /// `timeout` (`None`: `request_timeout`). Only this peer's reply counts.
+    /// Dropping the future forgets the request.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::Closed`], ...
+    /// [`Error::TimedOut`] (`Wait::Request`), [`Error::Closed`], or as `try_send`.
+    #[doc(alias = "send_and_wait")]
     pub async fn request(
         &self,
         peer: &Peer,
@@ -430,60 +860,256 @@ impl Server {
         payload: impl Into<Bytes>,
         timeout: Option<Duration>,
     ) -> Result<Frame, Error> {
-        let timeout = timeout.unwrap_or(self.0.config.request_timeout);
-        peer.conn()?.request(t, payload.into(), timeout).await
+        let after = timeout.unwrap_or(self.0.config.request_timeout);
+        let payload = payload.into();
+        match self
+            .outcome(peer, |h| h.request(peer.id, now(), t, payload, after))
+            .await?
+        {
+            Ok(Reply::Frame(f)) => Ok(f),
+            Ok(_) => Err(Error::NotConnected),
+            Err(f) => Err(Error::from_request_failure(f, Wait::Request, after)),
+        }
     }
 
-    /// PINGs one client and returns the round-trip time.
+    /// PINGs one client; returns the round-trip time.
     ///
     /// # Errors
-    /// [`Error::Timeout`], [`Error::NotConnected`], ...
+    /// [`Error::TimedOut`] (`Wait::Ping`), [`Error::Closed`], or as `try_send`.
+    #[doc(alias = "ping_client")]
     pub async fn ping(&self, peer: &Peer, timeout: Option<Duration>) -> Result<Duration, Error> {
-        let timeout = timeout.unwrap_or(self.0.config.request_timeout);
-        peer.conn()?.ping(timeout).await
+        let after = timeout.unwrap_or(self.0.config.request_timeout);
+        match self
+            .outcome(peer, |h| h.ping(peer.id, now(), after))
+            .await?
+        {
+            Ok(Reply::Pong(rtt)) => Ok(rtt),
+            Ok(_) => Err(Error::NotConnected),
+            Err(f) => Err(Error::from_request_failure(f, Wait::Ping, after)),
+        }
     }
 
-    /// Closes one client gracefully; `false` if unknown.
+    fn broadcast_target(
+        &self,
+        t: MessageType,
+        payload: &[u8],
+        target: Target<'_>,
+    ) -> Result<usize, Error> {
+        let mut st = self.state();
+        let b = st.hub.broadcast(t, payload, target)?;
+        st.pump(&self.0, None, false);
+        Ok(b.sent)
+    }
+
+    fn ids(&self, peers: &[Peer]) -> Vec<PeerId> {
+        let me = Arc::downgrade(&self.0);
+        peers
+            .iter()
+            .filter(|p| Weak::ptr_eq(&p.server, &me))
+            .map(|p| p.id)
+            .collect()
+    }
+
+    /// Sends one frame (one id, encoded once) to every connected client;
+    /// returns how many it was queued for.
+    ///
+    /// # Errors
+    /// [`SendError::ReservedType`] below 200, [`SendError::PayloadTooLarge`].
+    pub fn broadcast(&self, t: MessageType, payload: &[u8]) -> Result<usize, Error> {
+        self.broadcast_target(t, payload, Target::All)
+    }
+
+    /// As [`broadcast`](Self::broadcast), skipping `except`.
+    ///
+    /// # Errors
+    /// As `broadcast`.
+    pub fn broadcast_except(
+        &self,
+        t: MessageType,
+        payload: &[u8],
+        except: &[Peer],
+    ) -> Result<usize, Error> {
+        let ids = self.ids(except);
+        self.broadcast_target(t, payload, Target::Except(&ids))
+    }
+
+    /// As [`broadcast`](Self::broadcast), to these clients only (Veltix's
+    /// `Sender.broadcast(clients)`).
+    ///
+    /// # Errors
+    /// As `broadcast`.
+    pub fn broadcast_to(
+        &self,
+        t: MessageType,
+        payload: &[u8],
+        peers: &[Peer],
+    ) -> Result<usize, Error> {
+        let ids = self.ids(peers);
+        self.broadcast_target(t, payload, Target::Only(&ids))
+    }
+
+    /// As [`broadcast`](Self::broadcast), to the clients with `tag` (equal
+    /// to `value`, when given).
+    ///
+    /// # Errors
+    /// As `broadcast`.
+    pub fn broadcast_tag(
+        &self,
+        t: MessageType,
+        payload: &[u8],
+        tag: &str,
+        value: Option<&Value>,
+    ) -> Result<usize, Error> {
+        self.broadcast_target(t, payload, Target::Tag(tag, value))
+    }
+
+    /// Closes one client gracefully (queued output drains within the flush
+    /// deadline). `false` if it was gone or closing.
     pub fn close_client(&self, peer: &Peer) -> bool {
-        let known = lock(&self.0.peers).contains_key(&peer.id());
-        if known {
-            peer.0.conn.close();
+        if self.check(peer).is_err() {
+            return false;
         }
-        known
+        let mut st = self.state();
+        let closed = st.hub.close(peer.id, now());
+        st.pump(&self.0, None, false);
+        closed
     }
 
-    /// Stops accepting, closes every connection after flushing what is queued
-    /// (at most `flush_deadline`, then connections are cut), and waits until
-    /// every task of the server has ended.
-    pub async fn shutdown(&self, flush_deadline: Duration) {
-        self.0.stopping.store(true, Ordering::SeqCst);
-        self.0.stop.notify_waiters();
-        let accept = lock(&self.0.accept_task).take();
-        if let Some(t) = accept {
-            let _ = t.await;
-        }
-        let peers: Vec<Peer> = lock(&self.0.peers).values().cloned().collect();
-        for p in &peers {
-            p.0.conn.close();
-        }
-        let tasks: Vec<JoinHandle<()>> = lock(&self.0.tasks).drain(..).collect();
-        let aborts: Vec<_> = tasks.iter().map(JoinHandle::abort_handle).collect();
-        let all = async {
-            for t in tasks {
-                let _ = t.await;
+    /// Stops accepting, closes every client gracefully, waits at most
+    /// `flush` for their output to drain and their tasks to end, then cuts
+    /// the rest. Handlers get a few more milliseconds; `recv` returns `None`
+    /// once drained. Always ends.
+    #[doc(alias = "close_all")]
+    pub async fn shutdown(&self, flush: Duration) {
+        let deadline = tokio::time::Instant::now() + flush;
+        let was = std::mem::replace(&mut self.state().phase, Phase::Stopped);
+        match was {
+            Phase::Running => {}
+            Phase::New => {
+                self.state().recv.closed = true;
+                self.0.recv_ready.notify_waiters();
+                self.0.closed.notify_waiters();
+                return;
             }
+            Phase::Stopped => {
+                self.wait_closed().await;
+                return;
+            }
+        }
+        let (accept, tasks) = {
+            let mut st = self.state();
+            st.local_addr = None;
+            let closed = st.hub.close_all(now());
+            tracing::info!(closed, "server shutting down");
+            for info in st.peers.values() {
+                if let Some(ctl) = &info.ctl {
+                    ctl.wake.notify_one();
+                }
+            }
+            st.pump(&self.0, None, false);
+            let tasks: Vec<(PeerId, JoinHandle<()>)> = st
+                .peers
+                .iter_mut()
+                .filter_map(|(id, i)| i.task.take().map(|t| (*id, t)))
+                .collect();
+            (st.accept.take(), tasks)
         };
-        if tokio::time::timeout(flush_deadline, all).await.is_err() {
-            tracing::warn!(
-                "shutdown deadline passed: cutting connections that still had data queued"
-            );
-            for a in &aborts {
-                a.abort();
-            }
-            // Let the aborted tasks finish unwinding.
-            tokio::task::yield_now().await;
+        if let Some(a) = accept {
+            a.abort();
+            let _ = a.await;
         }
-        lock(&self.0.peers).clear();
-        tracing::info!("veltix server shut down");
+        let mut cut = Vec::new();
+        for (id, mut task) in tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+                cut.push(id);
+            }
+        }
+        {
+            let mut st = self.state();
+            if !cut.is_empty() {
+                tracing::warn!(connections = cut.len(), "shutdown deadline passed: cutting");
+            }
+            let aborted = std::io::Error::from(ErrorKind::ConnectionAborted);
+            for id in cut {
+                st.hub.handle_transport_error(id, now(), &aborted);
+                if let Some(i) = st.peers.get_mut(&id) {
+                    i.ctl = None;
+                }
+            }
+            st.pump(&self.0, None, true);
+            let st = &mut *st;
+            st.peers.retain(|id, _| st.hub.tags(*id).is_some());
+        }
+        let handlers_deadline = deadline + HANDLER_SLACK;
+        loop {
+            let idle = self.0.dispatch_idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if !self.state().mailboxes.values().any(|m| m.running) {
+                break;
+            }
+            if tokio::time::timeout_at(handlers_deadline, idle)
+                .await
+                .is_err()
+            {
+                tracing::warn!("shutdown: handlers still running");
+                break;
+            }
+        }
+        self.state().recv.closed = true;
+        self.0.recv_ready.notify_waiters();
+        self.0.closed.notify_waiters();
+    }
+
+    /// Waits until the server has been shut down.
+    pub async fn wait_closed(&self) {
+        loop {
+            let closed = self.0.closed.notified();
+            tokio::pin!(closed);
+            closed.as_mut().enable();
+            if self.state().recv.closed {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// The next event no handler consumed; `None` after shutdown once drained.
+    pub async fn recv(&self) -> Option<ServerEvent> {
+        loop {
+            let ready = self.0.recv_ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            {
+                let mut st = self.state();
+                if let Some((e, resumed)) = st.recv.pop() {
+                    if resumed {
+                        st.pump(&self.0, None, false);
+                    }
+                    return Some(e);
+                }
+                if st.recv.closed {
+                    return None;
+                }
+            }
+            ready.await;
+        }
+    }
+
+    /// Whether the next connection would be refused (`max_connection`).
+    pub fn is_full(&self) -> bool {
+        self.state().hub.is_full()
+    }
+
+    /// Counters (accepted, rejected, budget cuts).
+    pub fn stats(&self) -> HubStats {
+        self.state().hub.stats()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.0.config
     }
 }

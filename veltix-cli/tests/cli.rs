@@ -431,7 +431,7 @@ fn request_without_reply_exits_5() {
         out.stderr
     );
     assert!(started.elapsed() < Duration::from_secs(10));
-    server.close_all();
+    server.shutdown(std::time::Duration::from_secs(5));
 }
 
 #[test]

@@ -616,6 +616,18 @@ impl Client {
         Ok(id)
     }
 
+    /// Like [`try_send`](Self::try_send), for any type, the protocol's
+    /// reserved range (`0..200`) included: for tools and tests that must
+    /// send what an application may not.
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send).
+    pub fn send_system(&self, t: MessageType, payload: impl Into<Bytes>) -> Result<u16, Error> {
+        let id = self.state().session.send_system(t, payload)?;
+        self.inner().wake.notify_one();
+        Ok(id)
+    }
+
     /// Answers `request` (same id) without waiting.
     ///
     /// # Errors

@@ -35,17 +35,19 @@ impl Tokio {
 }
 
 async fn bind() -> Res<(Server, u16)> {
-    let server = Server::bind(ServerConfig::new("127.0.0.1", 0))
-        .await
-        .ctx("starting the server")?;
-    let port = server.local_addr().port();
+    let server = Server::new(ServerConfig::new("127.0.0.1", 0)).ctx("server config")?;
+    server.start().await.ctx("starting the server")?;
+    let port = server
+        .local_addr()
+        .ok_or("the server has no address")?
+        .port();
     Ok((server, port))
 }
 
 async fn connect(port: u16) -> Res<Client> {
-    Client::connect(ClientConfig::new("127.0.0.1", port))
-        .await
-        .ctx("connecting a client")
+    let client = Client::new(ClientConfig::new("127.0.0.1", port)).ctx("client config")?;
+    client.connect().await.ctx("connecting a client")?;
+    Ok(client)
 }
 
 /// Takes the server's events until `target` messages arrived; when the last did.
@@ -184,7 +186,7 @@ async fn burst(p: Params) -> Res<Flow> {
         let start = Instant::now();
         for _ in 0..p.count {
             client
-                .send(PLAYER_MOVE, payload.clone())
+                .send(PLAYER_MOVE, payload.clone(), Some(STRESS_DEADLINE))
                 .await
                 .ctx("send")?;
         }
@@ -250,7 +252,9 @@ async fn stress(p: Params) -> Res<Flow> {
                 tokio::spawn(async move {
                     go.wait().await;
                     for _ in 0..msgs {
-                        c.send(PLAYER_MOVE, payload.clone()).await.ctx("send")?;
+                        c.send(PLAYER_MOVE, payload.clone(), Some(STRESS_DEADLINE))
+                            .await
+                            .ctx("send")?;
                     }
                     Ok(())
                 })

@@ -425,13 +425,17 @@ async fn drive(inner: Arc<Inner>) {
                     (Err(e), _) => Read::Failed(e),
                     _ => Read::WouldBlock,
                 };
-                let mut st = lock(&inner.state);
-                match r {
-                    Read::Data => st.session.handle_input(now(), buf.data()),
-                    Read::Eof => st.session.handle_eof(now()),
-                    Read::Failed(e) => st.session.handle_transport_error(now(), &e),
-                    Read::WouldBlock => {}
+                {
+                    let mut st = lock(&inner.state);
+                    match r {
+                        Read::Data => st.session.handle_input(now(), buf.data()),
+                        Read::Eof => st.session.handle_eof(now()),
+                        Read::Failed(e) => st.session.handle_transport_error(now(), &e),
+                        Read::WouldBlock => {}
+                    }
                 }
+                // `readable()` is not budgeted by tokio: count each read.
+                tokio::task::consume_budget().await;
             }
             () = writable(&sock), if writing => {}
             () = timer.fired(), if timer.is_armed() => {}

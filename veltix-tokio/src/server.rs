@@ -543,13 +543,19 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
                     Ok(()) => buf.read(&stream),
                     Err(e) => Read::Failed(e),
                 };
-                let mut st = lock(&inner.state);
-                match r {
-                    Read::Data => st.hub.handle_input(id, now(), buf.data()),
-                    Read::Eof => st.hub.handle_eof(id, now()),
-                    Read::Failed(e) => st.hub.handle_transport_error(id, now(), &e),
-                    Read::WouldBlock => {}
+                {
+                    let mut st = lock(&inner.state);
+                    match r {
+                        Read::Data => st.hub.handle_input(id, now(), buf.data()),
+                        Read::Eof => st.hub.handle_eof(id, now()),
+                        Read::Failed(e) => st.hub.handle_transport_error(id, now(), &e),
+                        Read::WouldBlock => {}
+                    }
                 }
+                // A socket that is always readable (a flood) must not keep
+                // this worker: `readable()` does not count against tokio's
+                // cooperative budget, so count each read here.
+                tokio::task::consume_budget().await;
             }
             _ = stream.writable(), if writing => {}
             () = timer.fired(), if timer.is_armed() => {

@@ -661,3 +661,6 @@ pub mod tokio_peers {
         }
     }
 }
+
+pub mod drivers;
+pub mod raw;

@@ -9,7 +9,7 @@ use arbitrary::{Result, Unstructured};
 use bytes::Bytes;
 
 use super::prefix;
-use crate::connection::{Connection, ConnectionConfig, DEFAULT_MAX_OUTBOUND};
+use crate::connection::{Connection, ConnectionConfig, DEFAULT_MAX_OUTBOUND, TRANSMIT_WINDOW};
 use crate::correlation::{RequestKind, MAX_ID_WINDOW, SERVER_ID_BASE};
 use crate::decoder::{TypeSet, DEFAULT_MAX_BUFFER_SIZE};
 use crate::error::SendError;
@@ -92,12 +92,21 @@ struct Peer {
     received: Vec<u16>,
     connected: bool,
     closed: Option<CloseReason>,
-    /// Output still allowed after a close: what was queued when `close()` was called.
+    /// Output still allowed after a close: what was queued (held by the
+    /// driver included) when `close()` was called, less what was written since.
     allowed_after_close: usize,
+    /// Bytes taken after a local close (never more than was queued then).
+    taken_after_close: usize,
+    queued_at_close: usize,
+    /// When the local close began (for its flush deadline).
+    closed_locally_at: Option<Instant>,
     frames_out_at_close: Option<u64>,
     bytes_out: u64,
-    /// The driver does not take our output (a peer that does not read).
+    /// The driver cannot write (a peer that does not read): it takes output
+    /// up to the transmit window and holds it unreported.
     stalled: bool,
+    /// Bytes taken with `poll_transmit` and not yet written.
+    held: Vec<u8>,
 }
 
 impl Peer {
@@ -111,9 +120,13 @@ impl Peer {
             connected: false,
             closed: None,
             allowed_after_close: 0,
+            taken_after_close: 0,
+            queued_at_close: 0,
+            closed_locally_at: None,
             frames_out_at_close: None,
             bytes_out: 0,
             stalled: false,
+            held: Vec::new(),
         }
     }
 
@@ -122,6 +135,23 @@ impl Peer {
             self.now = now;
         }
         self.now
+    }
+
+    /// `close(now)`, recording what it found queued.
+    fn local_close(&mut self, now: Instant) {
+        let was_closed = self.conn.is_closed();
+        let queued = self.conn.queued_bytes();
+        self.conn.close(now);
+        if !was_closed {
+            self.allowed_after_close = queued;
+            self.queued_at_close = queued - self.held.len();
+            self.taken_after_close = 0;
+            self.closed_locally_at = Some(now);
+        }
+        assert!(self.conn.is_closed());
+        if !was_closed {
+            assert_eq!(self.conn.is_finished(), queued == 0, "close drains first");
+        }
     }
 
     fn window(&self) -> u16 {
@@ -172,6 +202,7 @@ impl Peer {
                         );
                     }
                     SendError::IdInUse(id) => assert!(self.conn.is_pending(*id)),
+                    SendError::ReservedType(t) => assert!(t.is_system(), "{t:?} refused"),
                     SendError::PayloadTooLarge(_) => panic!("payloads here are small"),
                 }
                 None
@@ -273,9 +304,23 @@ impl Peer {
                     "closed with requests that never ended: {:?}",
                     self.outstanding
                 );
-                if reason == CloseReason::Local {
-                    assert_eq!(unsent_bytes, 0, "a local close keeps its output");
+                if let Some(at) = self.closed_locally_at {
+                    // What a local close found queued is written or reported unsent.
+                    assert_eq!(
+                        unsent_bytes, self.allowed_after_close,
+                        "{:?}: unsent bytes of a local close ({reason:?})",
+                        self.side
+                    );
+                    if reason == CloseReason::Local && unsent_bytes > 0 {
+                        assert!(
+                            self.now >= at + self.conn.config().flush_timeout,
+                            "output dropped before the flush deadline"
+                        );
+                    }
+                } else {
+                    assert_ne!(reason, CloseReason::Local, "Local without close()");
                 }
+                self.held.clear();
                 if !self.connected {
                     assert!(
                         matches!(
@@ -292,22 +337,45 @@ impl Peer {
         }
     }
 
-    /// Takes output (unless stalled) and events; returns whether there was any.
+    /// Takes output (a stalled driver holds it, up to the transmit window;
+    /// otherwise it is written at once and reported) and events; returns
+    /// whether there was any.
     fn drain(&mut self, wire: &mut VecDeque<u8>) -> bool {
         let mut any = false;
-        while let Some(b) = (!self.stalled).then(|| self.conn.poll_transmit()).flatten() {
+        loop {
+            if !self.stalled && !self.held.is_empty() && self.closed.is_none() {
+                any = true;
+                let n = self.held.len();
+                wire.extend(self.held.drain(..));
+                if self.conn.is_closed() {
+                    self.allowed_after_close -= n.min(self.allowed_after_close);
+                }
+                let now = self.now;
+                self.conn.handle_written(now, n);
+            }
+            let Some(b) = self.conn.poll_transmit() else {
+                break;
+            };
             any = true;
+            assert!(
+                self.conn.in_flight() <= TRANSMIT_WINDOW + b.len(),
+                "poll_transmit past the transmit window"
+            );
             if self.conn.is_closed() {
+                self.taken_after_close += b.len();
                 assert!(
-                    b.len() <= self.allowed_after_close,
+                    self.taken_after_close <= self.queued_at_close,
                     "{:?}: new output after close",
                     self.side
                 );
-                self.allowed_after_close -= b.len();
             }
             self.bytes_out += b.len() as u64;
-            wire.extend(b.iter());
+            self.held.extend_from_slice(&b);
         }
+        assert!(
+            !self.conn.has_transmit(),
+            "poll_transmit gave nothing while has_transmit()"
+        );
         while let Some(e) = self.conn.poll_event() {
             any = true;
             self.event(e);
@@ -315,21 +383,31 @@ impl Peer {
         any
     }
 
-    /// After an op: the `poll_timeout` contract, output and events, timers.
-    fn settle(&mut self, now: Instant, wire: &mut VecDeque<u8>) {
-        if self.closed.is_some() {
-            assert_eq!(self.conn.queued_bytes(), self.allowed_after_close);
-        }
+    /// The `poll_timeout` contract: "now" exactly while `has_transmit()`,
+    /// else `next_timer()`.
+    fn check_timeout(&self) {
         let promised = self.conn.poll_timeout();
-        let queued = self.conn.queued_bytes() > 0;
-        if self.drain(wire) || queued {
+        if self.conn.has_transmit() {
             assert!(
                 promised.is_some_and(|t| t <= self.now),
-                "{:?}: poll_timeout {promised:?} hides ready work (now {:?})",
+                "{:?}: poll_timeout {promised:?} hides output to take (now {:?})",
                 self.side,
                 self.now
             );
+        } else {
+            assert_eq!(
+                promised,
+                self.conn.next_timer(),
+                "{:?}: poll_timeout is not the next timer without output to take",
+                self.side
+            );
         }
+    }
+
+    /// After an op: the `poll_timeout` contract, output and events, timers.
+    fn settle(&mut self, now: Instant, wire: &mut VecDeque<u8>) {
+        self.check_timeout();
+        self.drain(wire);
         let now = self.at(now);
         loop {
             self.conn.handle_timeout(now);
@@ -337,20 +415,22 @@ impl Peer {
                 break;
             }
         }
+        // Everything taken: the driver waits for a timer only (never "now",
+        // even when it cannot write), and that timer is in the future.
+        assert!(!self.conn.has_transmit());
+        self.check_timeout();
         let next = self.conn.poll_timeout();
-        if self.conn.queued_bytes() > 0 {
-            assert!(self.stalled);
-            assert!(
-                next.is_some_and(|t| t <= now),
-                "{:?}: poll_timeout {next:?} hides queued output",
-                self.side
-            );
-        } else {
-            assert!(
-                next.is_none_or(|t| t > now),
-                "{:?}: deadline {next:?} in the past after handle_timeout({now:?})",
-                self.side
-            );
+        assert!(
+            next.is_none_or(|t| t > now),
+            "{:?}: deadline {next:?} in the past after handle_timeout({now:?})",
+            self.side
+        );
+        if self.conn.queued_bytes() > 0 && !self.conn.is_closed() {
+            // Unwritten output always runs the write deadline.
+            assert!(self.stalled, "a driver that can write left output unwritten");
+            if self.conn.config().write_timeout.is_some() {
+                assert!(next.is_some(), "unwritten output without a write deadline");
+            }
         }
         if next.is_none() && !self.conn.is_closed() {
             assert!(self.outstanding.is_empty() && !self.conn.is_handshaking());
@@ -360,12 +440,25 @@ impl Peer {
             assert!(self.conn.is_pending(*id));
         }
         assert_eq!(self.conn.stats().bytes_out, self.bytes_out);
+        assert_eq!(
+            self.conn.in_flight(),
+            if self.closed.is_some() { 0 } else { self.held.len() },
+            "in_flight is what the driver holds"
+        );
         if self.conn.is_closed() {
             let frames_out = self.conn.stats().frames_out;
             let at_close = *self.frames_out_at_close.get_or_insert(frames_out);
             assert_eq!(frames_out, at_close, "a closed connection queued a frame");
-            assert!(self.closed.is_some(), "closed without a Closed event");
+        }
+        if self.conn.is_finished() {
+            assert!(self.closed.is_some(), "finished without a Closed event");
+            assert_eq!(self.conn.queued_bytes(), 0);
+        } else if self.conn.is_closed() {
+            // Closing: draining what the local close found queued.
+            assert!(self.closed.is_none());
+            assert!(self.closed_locally_at.is_some());
             assert_eq!(self.conn.queued_bytes(), self.allowed_after_close);
+            assert!(next.is_some(), "a draining close without its flush deadline");
         }
     }
 }
@@ -430,7 +523,11 @@ impl World {
             0 => {
                 let (t, body) = (ty(u)?, payload(u)?);
                 let (p, _) = self.peer(server);
-                p.command(body.len(), |c| c.send(t, body.clone()));
+                if code & 0x40 != 0 {
+                    p.command(body.len(), |c| c.send_system(t, body.clone()));
+                } else {
+                    p.command(body.len(), |c| c.send(t, body.clone()));
+                }
             }
             1 => {
                 let (id, t, body) = (id16(u)?, ty(u)?, payload(u)?);
@@ -492,13 +589,8 @@ impl World {
                     // Queue one more frame first: a graceful close still sends it.
                     let _ = p.conn.send(MessageType(200), Bytes::from_static(b"bye"));
                 }
-                let was_closed = p.conn.is_closed();
-                let queued = p.conn.queued_bytes();
-                p.conn.close();
-                if !was_closed {
-                    p.allowed_after_close = queued;
-                }
-                assert!(p.conn.is_closed());
+                let now = p.at(now);
+                p.local_close(now);
             }
             8 => {
                 let b = u64::from(byte(u)?);
@@ -523,7 +615,8 @@ impl World {
             12 => {
                 let (p, _) = self.peer(server);
                 let now = p.at(now);
-                p.conn.handle_transport_error(now, "fuzz: connection reset");
+                let e = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+                p.conn.handle_transport_error(now, &e);
                 assert!(p.conn.is_closed());
             }
             13 if code & 0x10 != 0 => {
@@ -558,12 +651,14 @@ impl World {
 /// `config`: small `max_outbound`, `max_message_size` and `id_window`,
 /// strict mode, a type filter); `p[2]`: handshake timeout `(p[2] + 1)·50 ms`;
 /// `p[3]` bit 0: deliver everything first (handshake done). Then up to 300
-/// ops, one byte each (`0x80`: server side; low nibble: send, send with id,
+/// ops, one byte each (`0x80`: server side; `0x40` on send: `send_system`,
+/// which allows reserved types; low nibble: send, send with id,
 /// request, request with id, reply to a received message, ping, cancel,
 /// close (`0x10`: after queuing one more frame), advance time by `b²/4` ms,
 /// deliver `k` in-flight bytes (0: all), inject up to 63 junk bytes, EOF,
-/// transport error, deliver everything (`0x10`: instead stop/resume taking
-/// this side's output), broadcast an encoded frame, jump to the next deadline) followed by its argument bytes.
+/// transport error, deliver everything (`0x10`: instead stop/resume writing
+/// this side's output: a stalled driver takes output up to the transmit
+/// window and reports nothing written), broadcast an encoded frame, jump to the next deadline) followed by its argument bytes.
 ///
 /// Asserts after every op, on both sides: a refused command changes nothing
 /// and an accepted one queues exactly its frame; every id returned by
@@ -572,9 +667,13 @@ impl World {
 /// after its deadline, closed only with the close reason), before `Closed`;
 /// no frame with a pending id comes as a `Message`; no PING reaches the
 /// application; no event after `Closed`; no output after a close except what
-/// a local close found queued; `poll_timeout` is due while output or events
-/// are queued, and after `handle_timeout(now)` it is `None` or later than
-/// `now`. At the end both sides close and nothing stays pending.
+/// a local close found queued, and a local close reports exactly what it
+/// could not write (only after its flush deadline); `poll_timeout` is due
+/// exactly while `has_transmit()` and is `next_timer()` otherwise; a driver
+/// that cannot write holds at most the transmit window and, once it took
+/// everything, waits for a timer in the future (never "now"); `in_flight`
+/// is what the driver holds. At the end both sides close and nothing stays
+/// pending.
 pub fn connection_ops(t0: Instant, data: &[u8]) {
     let (p, script) = prefix::<4>(data);
     let hs = Duration::from_millis(50 * (u64::from(p[2]) + 1));
@@ -599,12 +698,11 @@ pub fn connection_ops(t0: Instant, data: &[u8]) {
     }
     // Close both: every request ends, nothing is left.
     for server in [false, true] {
+        let now = w.now;
         let (p, _) = w.peer(server);
         p.stalled = false;
-        if !p.conn.is_closed() {
-            p.allowed_after_close = p.conn.queued_bytes();
-        }
-        p.conn.close();
+        let now = p.at(now);
+        p.local_close(now);
     }
     w.settle();
     w.pump();

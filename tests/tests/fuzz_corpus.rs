@@ -186,6 +186,8 @@ targets!(
     handshake_server,
     connection_ops,
     retry_policy,
+    session_ops,
+    hub_ops,
 );
 
 /// Replays `$FUZZ_INPUT` through `$FUZZ_TARGET` (does nothing when unset).

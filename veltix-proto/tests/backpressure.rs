@@ -301,7 +301,10 @@ fn a_close_that_cannot_flush_reports_its_unsent_bytes_at_the_flush_deadline() {
     s.close(t0);
     assert!(s.is_closed() && !s.is_finished(), "draining");
     assert!(s.poll_event().is_none(), "Closed waits for the drain");
-    assert!(matches!(s.send(MSG, Bytes::new()), Err(SendError::Closed(CloseReason::Local))));
+    assert!(matches!(
+        s.send(MSG, Bytes::new()),
+        Err(SendError::Closed(CloseReason::Local))
+    ));
     assert_eq!(s.next_timer(), Some(t0 + DEFAULT_FLUSH_TIMEOUT));
     // No slow-consumer verdict while closing: the flush deadline decides.
     s.handle_timeout(t0 + DEFAULT_FLUSH_TIMEOUT - Duration::from_millis(1));

@@ -89,7 +89,9 @@ fn peer_ids_are_never_reused_for_another_connection() {
     let (a, _ca) = connect(&mut h, t0);
     h.handle_eof(a, t0);
     let evs = events(&mut h);
-    assert!(matches!(evs.last(), Some((p, HubEvent::Disconnected(CloseReason::PeerClosed))) if *p == a));
+    assert!(
+        matches!(evs.last(), Some((p, HubEvent::Disconnected(CloseReason::PeerClosed))) if *p == a)
+    );
     assert_eq!(h.poll_finished(), Some(a));
     // The slot is free; the next peer takes it with a new generation.
     let (b, mut cb) = connect(&mut h, t0);
@@ -104,7 +106,9 @@ fn peer_ids_are_never_reused_for_another_connection() {
     h.handle_transport_error(a, t0, &std::io::ErrorKind::ConnectionReset.into());
     assert!(h.is_connected(b), "input for the stale id did not reach b");
     let evs = events(&mut h);
-    assert!(evs.iter().all(|(p, e)| *p == b && matches!(e, HubEvent::Connected(_))));
+    assert!(evs
+        .iter()
+        .all(|(p, e)| *p == b && matches!(e, HubEvent::Connected(_))));
     h.send(b, MSG, &b"hi"[..]).unwrap();
     pump(&mut h, b, &mut cb, t0);
     assert!(matches!(cb.poll_event(), Some(Event::Message(f)) if &f.payload[..] == b"hi"));
@@ -169,7 +173,9 @@ fn broadcasts_reach_exactly_their_connected_targets() {
     ];
     for (i, (target, want)) in cases.into_iter().enumerate() {
         let before: Vec<usize> = ids.iter().map(|&p| h.queued_bytes(p)).collect();
-        let b = h.broadcast(MSG, format!("case {i}").as_bytes(), target).unwrap();
+        let b = h
+            .broadcast(MSG, format!("case {i}").as_bytes(), target)
+            .unwrap();
         assert_eq!(b.sent, want.len(), "case {i}");
         assert_eq!(b.skipped, 0);
         let got: BTreeSet<PeerId> = ids
@@ -179,7 +185,11 @@ fn broadcasts_reach_exactly_their_connected_targets() {
             .map(|(&p, _)| p)
             .collect();
         assert_eq!(got, want.into_iter().collect(), "case {i}");
-        assert_eq!(h.queued_bytes(shy), 0, "a handshaking peer is never targeted");
+        assert_eq!(
+            h.queued_bytes(shy),
+            0,
+            "a handshaking peer is never targeted"
+        );
     }
     // Every copy carries the broadcast's id and arrives.
     for (p, c) in &mut peers {
@@ -218,7 +228,10 @@ fn connected_and_disconnected_only_for_handshaken_peers() {
     let evs = events(&mut h);
     assert_eq!(evs.len(), 2, "{evs:?}");
     assert!(matches!(evs[0].1, HubEvent::Message(_)));
-    assert!(matches!(evs[1].1, HubEvent::Disconnected(CloseReason::PeerClosed)));
+    assert!(matches!(
+        evs[1].1,
+        HubEvent::Disconnected(CloseReason::PeerClosed)
+    ));
     assert_eq!(h.connected(), 0);
     assert!(events(&mut h).is_empty());
 }

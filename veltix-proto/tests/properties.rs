@@ -449,7 +449,10 @@ impl Harness {
             prop_assert_eq!(self.conn.poll_timeout(), self.conn.next_timer());
         }
         if queued > 0 && !self.conn.is_closed() {
-            prop_assert!(self.conn.poll_timeout().is_some(), "queued output without a deadline");
+            prop_assert!(
+                self.conn.poll_timeout().is_some(),
+                "queued output without a deadline"
+            );
         }
         Ok(())
     }

@@ -136,9 +136,7 @@ impl Harness {
         let step = if established {
             self.model.lost()
         } else {
-            let reason = self
-                .model
-                .attempt_reason(rejected.then_some("server_full"));
+            let reason = self.model.attempt_reason(rejected.then_some("server_full"));
             self.model.failure(reason)
         };
         self.expect(step, now);
@@ -188,7 +186,11 @@ impl Harness {
                     self.reports.push(d);
                 }
                 SessionEvent::GaveUp(_) => {
-                    prop_assert!(self.expected.is_empty(), "gave up before {:?}", self.expected);
+                    prop_assert!(
+                        self.expected.is_empty(),
+                        "gave up before {:?}",
+                        self.expected
+                    );
                     prop_assert!(self.expected_gave_up > 0, "gave up; the model goes on");
                     self.expected_gave_up -= 1;
                 }
@@ -198,7 +200,11 @@ impl Harness {
                 other => prop_assert!(false, "unexpected {:?}", other),
             }
         }
-        prop_assert!(self.expected.is_empty(), "missing reports {:?}", self.expected);
+        prop_assert!(
+            self.expected.is_empty(),
+            "missing reports {:?}",
+            self.expected
+        );
         prop_assert_eq!(self.expected_gave_up, 0, "missing GaveUp");
         // The session's own state agrees with the model's.
         prop_assert_eq!(self.s.transport(), self.transport());
@@ -262,10 +268,8 @@ impl Harness {
             }
             Op::Reset => {
                 if let Conn::Open(..) = self.conn {
-                    self.s.handle_transport_error(
-                        now,
-                        &std::io::ErrorKind::ConnectionReset.into(),
-                    );
+                    self.s
+                        .handle_transport_error(now, &std::io::ErrorKind::ConnectionReset.into());
                 }
             }
             Op::Eof => {
@@ -400,19 +404,20 @@ fn refused_three_times_with_retry_two() {
         2,
         100,
         1,
-        &[
-            Op::DialFail,
-            Op::DialFail,
-            Op::Advance(100),
-            Op::DialFail,
-        ],
+        &[Op::DialFail, Op::DialFail, Op::Advance(100), Op::DialFail],
     )
     .unwrap();
 }
 
 #[test]
 fn rejected_on_the_first_connect_is_final_at_once() {
-    run(3, 100, 1, &[Op::DialOk, Op::Reject(true), Op::Advance(10_000)]).unwrap();
+    run(
+        3,
+        100,
+        1,
+        &[Op::DialOk, Op::Reject(true), Op::Advance(10_000)],
+    )
+    .unwrap();
     run(3, 100, 1, &[Op::DialOk, Op::Hello, Op::Reject(false)]).unwrap();
 }
 

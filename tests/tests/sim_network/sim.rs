@@ -495,9 +495,11 @@ impl Sim {
         self.clients[c].expected_dial = None;
         if self.faults_on && self.rng.chance(self.faults.dial_fail) {
             self.report.dial_failures += 1;
-            self.clients[c]
-                .session
-                .handle_dial_failed(now, d.transport, Error::Refused("sim".into()));
+            self.clients[c].session.handle_dial_failed(
+                now,
+                d.transport,
+                Error::Refused("sim".into()),
+            );
             self.clients[c].failure = Some(Failure {
                 link: None,
                 rejected: None,
@@ -526,7 +528,10 @@ impl Sim {
         };
         if let Some(m) = self.max_connections {
             if self.hub.live() > m {
-                self.fail(format!("{} live transports, max_connection {m}", self.hub.live()));
+                self.fail(format!(
+                    "{} live transports, max_connection {m}",
+                    self.hub.live()
+                ));
             }
         }
         self.links.insert(
@@ -560,7 +565,8 @@ impl Sim {
             return;
         };
         let transport = self.links.get(&id).map(|l| l.transport);
-        if self.clients[c].session.transport().is_some() && self.clients[c].session.transport() == transport
+        if self.clients[c].session.transport().is_some()
+            && self.clients[c].session.transport() == transport
         {
             return;
         }
@@ -572,7 +578,13 @@ impl Sim {
             l.client_gone = true;
             l.c_held.clear();
             // The rejection reached the client intact (all of it, uncorrupted).
-            if l.peer.is_none() && !l.dead && l.refusal.is_none() && l.s_held.is_empty() && l.s2c.segments.is_empty() && !self.corrupted.contains(&(id, 1)) {
+            if l.peer.is_none()
+                && !l.dead
+                && l.refusal.is_none()
+                && l.s_held.is_empty()
+                && l.s2c.segments.is_empty()
+                && !self.corrupted.contains(&(id, 1))
+            {
                 rejected = Some("server_full".to_owned());
             }
         }
@@ -592,7 +604,9 @@ impl Sim {
         let Some(f) = self.clients[c].failure.take() else {
             return;
         };
-        let established = f.link.is_some_and(|l| self.links.get(&l).is_some_and(|l| l.established));
+        let established = f
+            .link
+            .is_some_and(|l| self.links.get(&l).is_some_and(|l| l.established));
         let cl = &mut self.clients[c];
         if f.manual {
             if established {
@@ -734,7 +748,9 @@ impl Sim {
                     }
                     self.clients[c].expected_gave_up -= 1;
                     if !self.clients[c].pending.is_empty() {
-                        self.fail(format!("client {c}: requests still pending after giving up"));
+                        self.fail(format!(
+                            "client {c}: requests still pending after giving up"
+                        ));
                     }
                     // The application calls retry() a little later (Veltix's
                     // `retry(max_)`), or connect() after a manual disconnect.
@@ -810,7 +826,10 @@ impl Sim {
             .filter(|l| l.peer.is_some() && !l.server_gone)
             .count();
         if self.hub.live() != live {
-            self.fail(format!("hub counts {} live transports, the network has {live}", self.hub.live()));
+            self.fail(format!(
+                "hub counts {} live transports, the network has {live}",
+                self.hub.live()
+            ));
         }
         // Connected peers are exactly those reported Connected and not Disconnected.
         let peers: BTreeSet<PeerId> = self.hub.peers().collect();
@@ -836,7 +855,11 @@ impl Sim {
         self.next_seq += 1;
         let filler = self.rng.below(300) as usize;
         let group_of = |s: &Sim, p: PeerId| {
-            let c = s.peer_link.get(&p).and_then(|id| s.links.get(id)).map_or(0, |l| l.client);
+            let c = s
+                .peer_link
+                .get(&p)
+                .and_then(|id| s.links.get(id))
+                .map_or(0, |l| l.client);
             (c, s.clients[c].group)
         };
         let pick = connected[self.rng.below(connected.len() as u64) as usize];
@@ -859,8 +882,16 @@ impl Sim {
         let expected: BTreeSet<PeerId> = match kind {
             0 => connected.iter().copied().collect(),
             1 => connected.iter().copied().filter(|&p| p != pick).collect(),
-            2 => only.iter().copied().filter(|p| self.connected.contains(p)).collect(),
-            _ => connected.iter().copied().filter(|&p| group_of(self, p).1 == g).collect(),
+            2 => only
+                .iter()
+                .copied()
+                .filter(|p| self.connected.contains(p))
+                .collect(),
+            _ => connected
+                .iter()
+                .copied()
+                .filter(|&p| group_of(self, p).1 == g)
+                .collect(),
         };
         let target = match kind {
             0 => Target::All,
@@ -883,7 +914,9 @@ impl Sim {
         for (peer, q) in before {
             if self.hub.queued_bytes(peer) > q {
                 if !expected.contains(&peer) {
-                    self.fail(format!("broadcast kind {kind} queued for untargeted {peer}"));
+                    self.fail(format!(
+                        "broadcast kind {kind} queued for untargeted {peer}"
+                    ));
                 }
                 got += 1;
                 let (c, _) = group_of(self, peer);
@@ -929,7 +962,10 @@ impl Sim {
                         link.s_held.extend_from_slice(&b);
                     }
                 }
-                let n = f.window.saturating_sub(link.s2c.in_flight).min(link.s_held.len());
+                let n = f
+                    .window
+                    .saturating_sub(link.s2c.in_flight)
+                    .min(link.s_held.len());
                 if n > 0 {
                     let bytes: Vec<u8> = link.s_held.drain(..n).collect();
                     push(&mut self.rng, &f, now, &mut link.s2c, bytes);
@@ -943,7 +979,9 @@ impl Sim {
                 }
                 if let Some(peer) = link.peer {
                     if self.hub.has_transmit(peer) && link.s_held.len() < TRANSMIT_WINDOW_BYTES {
-                        self.fail(format!("{peer}: output left to take below the transmit window"));
+                        self.fail(format!(
+                            "{peer}: output left to take below the transmit window"
+                        ));
                     }
                 }
             }
@@ -955,7 +993,10 @@ impl Sim {
             while let Some(b) = session.poll_transmit() {
                 link.c_held.extend_from_slice(&b);
             }
-            let n = f.window.saturating_sub(link.c2s.in_flight).min(link.c_held.len());
+            let n = f
+                .window
+                .saturating_sub(link.c2s.in_flight)
+                .min(link.c_held.len());
             if n > 0 {
                 let bytes: Vec<u8> = link.c_held.drain(..n).collect();
                 push(&mut self.rng, &f, now, &mut link.c2s, bytes);
@@ -1343,7 +1384,9 @@ impl Sim {
             }
             self.client_events(c);
             self.dial(c);
-            if traffic && self.clients[c].session.is_connected() && self.clients[c].next_traffic <= t
+            if traffic
+                && self.clients[c].session.is_connected()
+                && self.clients[c].next_traffic <= t
             {
                 self.traffic(c);
             }

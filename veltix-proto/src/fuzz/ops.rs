@@ -427,7 +427,10 @@ impl Peer {
         );
         if self.conn.queued_bytes() > 0 && !self.conn.is_closed() {
             // Unwritten output always runs the write deadline.
-            assert!(self.stalled, "a driver that can write left output unwritten");
+            assert!(
+                self.stalled,
+                "a driver that can write left output unwritten"
+            );
             if self.conn.config().write_timeout.is_some() {
                 assert!(next.is_some(), "unwritten output without a write deadline");
             }
@@ -442,7 +445,11 @@ impl Peer {
         assert_eq!(self.conn.stats().bytes_out, self.bytes_out);
         assert_eq!(
             self.conn.in_flight(),
-            if self.closed.is_some() { 0 } else { self.held.len() },
+            if self.closed.is_some() {
+                0
+            } else {
+                self.held.len()
+            },
             "in_flight is what the driver holds"
         );
         if self.conn.is_closed() {
@@ -458,7 +465,10 @@ impl Peer {
             assert!(self.closed.is_none());
             assert!(self.closed_locally_at.is_some());
             assert_eq!(self.conn.queued_bytes(), self.allowed_after_close);
-            assert!(next.is_some(), "a draining close without its flush deadline");
+            assert!(
+                next.is_some(),
+                "a draining close without its flush deadline"
+            );
         }
     }
 }

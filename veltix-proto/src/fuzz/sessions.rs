@@ -28,14 +28,16 @@ fn byte(u: &mut Unstructured<'_>) -> Result<u8> {
 }
 
 fn config(b: u8) -> ConnectionConfig {
-    let mut c = ConnectionConfig::default();
-    c.handshake_timeout = Duration::from_millis(500);
-    c.max_outbound = [crate::connection::DEFAULT_MAX_OUTBOUND, 256][usize::from(b & 1)];
-    c.max_event_bytes = [crate::connection::DEFAULT_MAX_EVENT_BYTES, 512][usize::from((b >> 1) & 1)];
-    c.write_timeout = Some(Duration::from_secs(3));
-    c.body_timeout = Some(Duration::from_secs(4));
-    c.flush_timeout = Duration::from_secs(2);
-    c
+    ConnectionConfig {
+        handshake_timeout: Duration::from_millis(500),
+        max_outbound: [crate::connection::DEFAULT_MAX_OUTBOUND, 256][usize::from(b & 1)],
+        max_event_bytes: [crate::connection::DEFAULT_MAX_EVENT_BYTES, 512]
+            [usize::from((b >> 1) & 1)],
+        write_timeout: Some(Duration::from_secs(3)),
+        body_timeout: Some(Duration::from_secs(4)),
+        flush_timeout: Duration::from_secs(2),
+        ..ConnectionConfig::default()
+    }
 }
 
 /// Moves up to `k` queued bytes (all when `k` is 0) into `f`.
@@ -123,7 +125,12 @@ impl SessionWorld {
             self.s.poll_timeout().is_none_or(|t| t > now),
             "poll_timeout due after everything was done"
         );
-        assert!(self.s.poll_timeout().is_some() || !self.s.is_connecting() || self.dialing.is_some() || self.open.is_some());
+        assert!(
+            self.s.poll_timeout().is_some()
+                || !self.s.is_connecting()
+                || self.dialing.is_some()
+                || self.open.is_some()
+        );
         if self.s.is_connected() {
             assert!(self.open.is_some());
         }
@@ -132,7 +139,10 @@ impl SessionWorld {
     fn event(&mut self, e: SessionEvent) {
         match e {
             SessionEvent::Disconnected(d) => {
-                assert!(!self.awaiting_gave_up, "a report after a permanent one: {d:?}");
+                assert!(
+                    !self.awaiting_gave_up,
+                    "a report after a permanent one: {d:?}"
+                );
                 if !d.permanent {
                     assert!(d.attempt <= d.retry_max, "{d:?}");
                     assert_ne!(d.reason, DisconnectReason::Manual);
@@ -161,7 +171,8 @@ impl SessionWorld {
             0 => self.s.connect(now),
             1 => {
                 let b = byte(u)?;
-                self.s.retry(now, (b & 0x80 == 0).then_some(u32::from(b % 4)));
+                self.s
+                    .retry(now, (b & 0x80 == 0).then_some(u32::from(b % 4)));
             }
             2 => self.s.stop_retry(now),
             3 => self.s.disconnect(now),
@@ -173,7 +184,8 @@ impl SessionWorld {
                         let b = byte(u)?;
                         if b & 3 == 0 {
                             // The server is full: its rejection, then EOF.
-                            self.to_client.extend(encode_rejection("server_full").iter());
+                            self.to_client
+                                .extend(encode_rejection("server_full").iter());
                         } else {
                             self.server = Some(Connection::server(Arc::new(config(b >> 2)), now));
                         }
@@ -224,11 +236,17 @@ impl SessionWorld {
                     0 => self.s.send(MSG, vec![b; usize::from(b)]).map(|_| None),
                     1 => self.s.request(now, MSG, vec![b; 3], d).map(Some),
                     2 => self.s.ping(now, d).map(Some),
-                    _ => self.s.send_system(MessageType(u16::from(b % 4)), vec![]).map(|_| None),
+                    _ => self
+                        .s
+                        .send_system(MessageType(u16::from(b % 4)), vec![])
+                        .map(|_| None),
                 };
                 if let Ok(Some(id)) = r {
                     let t = t.expect("a request needs a connection");
-                    assert!(self.outstanding.entry(t).or_default().insert(id), "id {id} reused while pending");
+                    assert!(
+                        self.outstanding.entry(t).or_default().insert(id),
+                        "id {id} reused while pending"
+                    );
                 }
             }
             12 => {
@@ -255,7 +273,9 @@ impl SessionWorld {
             }
             _ => {
                 // The server finished: its transport closes after its output.
-                if self.server.as_ref().is_some_and(Connection::is_finished) && self.to_client.is_empty() {
+                if self.server.as_ref().is_some_and(Connection::is_finished)
+                    && self.to_client.is_empty()
+                {
                     self.s.handle_eof(now);
                 }
             }
@@ -285,7 +305,10 @@ impl SessionWorld {
 /// in the future. At the end: disconnect, and nothing is left pending.
 pub fn session_ops(t0: Instant, data: &[u8]) {
     let (p, script) = prefix::<3>(data);
-    let policy = RetryPolicy::fixed(u32::from(p[0] % 5), Duration::from_millis(10 * u64::from(p[1])));
+    let policy = RetryPolicy::fixed(
+        u32::from(p[0] % 5),
+        Duration::from_millis(10 * u64::from(p[1])),
+    );
     let mut w = SessionWorld {
         s: ClientSession::with_connection_config(
             Arc::new(config(p[2])),
@@ -316,7 +339,10 @@ pub fn session_ops(t0: Instant, data: &[u8]) {
     w.settle();
     w.now += Duration::from_secs(10);
     w.settle();
-    assert!(w.s.transport().is_none(), "a transport after disconnect + flush deadline");
+    assert!(
+        w.s.transport().is_none(),
+        "a transport after disconnect + flush deadline"
+    );
     assert!(!w.s.is_connecting() && !w.s.is_connected());
     assert!(w.outstanding.values().all(BTreeSet::is_empty));
     assert_eq!(w.s.poll_timeout(), None);
@@ -397,11 +423,17 @@ impl HubWorld {
                     }
                 }
                 HubEvent::Completed { request_id, .. } => {
-                    assert!(c.outstanding.remove(&request_id), "{peer}: request {request_id} ended twice");
+                    assert!(
+                        c.outstanding.remove(&request_id),
+                        "{peer}: request {request_id} ended twice"
+                    );
                 }
                 HubEvent::Disconnected(_) => {
                     assert!(c.connected, "{peer}: Disconnected without Connected");
-                    assert!(c.outstanding.is_empty(), "{peer}: Disconnected with requests pending");
+                    assert!(
+                        c.outstanding.is_empty(),
+                        "{peer}: Disconnected with requests pending"
+                    );
                     c.disconnected = true;
                 }
             }
@@ -423,7 +455,11 @@ impl HubWorld {
         if let Some(m) = self.max {
             assert!(live <= m);
         }
-        let connected = self.clients.iter().filter(|c| c.connected && !c.disconnected).count();
+        let connected = self
+            .clients
+            .iter()
+            .filter(|c| c.connected && !c.disconnected)
+            .count();
         assert_eq!(self.hub.connected(), connected);
         let peers: BTreeSet<PeerId> = self.hub.peers().collect();
         for c in &self.clients {
@@ -450,7 +486,10 @@ impl HubWorld {
         match code & 0x0f {
             0 => match self.hub.accept(now) {
                 Ok(peer) => {
-                    assert!(self.clients.iter().all(|c| c.peer != peer), "peer id reused");
+                    assert!(
+                        self.clients.iter().all(|c| c.peer != peer),
+                        "peer id reused"
+                    );
                     self.clients.push(Client {
                         peer,
                         conn: Connection::client(self.config.clone(), now),
@@ -493,7 +532,8 @@ impl HubWorld {
                 if let Some(i) = i {
                     let c = &mut self.clients[i];
                     let _ = if code & 0x10 != 0 {
-                        c.conn.request(now, MSG, vec![arg; 3], Duration::from_millis(300))
+                        c.conn
+                            .request(now, MSG, vec![arg; 3], Duration::from_millis(300))
                     } else {
                         c.conn.send(MSG, vec![arg; usize::from(arg)])
                     };
@@ -509,7 +549,10 @@ impl HubWorld {
                     let peer = self.clients[i].peer;
                     let d = Duration::from_millis(20 * u64::from(arg));
                     let r = match code >> 4 {
-                        0..=5 => self.hub.send(peer, MSG, vec![arg; usize::from(arg)]).map(|_| None),
+                        0..=5 => self
+                            .hub
+                            .send(peer, MSG, vec![arg; usize::from(arg)])
+                            .map(|_| None),
                         6..=9 => self.hub.request(peer, now, MSG, vec![arg; 2], d).map(Some),
                         10..=12 => self.hub.ping(peer, now, d).map(Some),
                         _ => {
@@ -521,10 +564,15 @@ impl HubWorld {
                     };
                     match r {
                         Ok(Some(id)) => {
-                            assert!(self.clients[i].outstanding.insert(id), "hub id reused while pending");
+                            assert!(
+                                self.clients[i].outstanding.insert(id),
+                                "hub id reused while pending"
+                            );
                         }
                         Ok(None) => {}
-                        Err(_) => assert!(!self.hub.is_connected(peer) || self.hub.queued_bytes(peer) > 0),
+                        Err(_) => {
+                            assert!(!self.hub.is_connected(peer) || self.hub.queued_bytes(peer) > 0)
+                        }
                     }
                 }
             }
@@ -541,11 +589,19 @@ impl HubWorld {
                     0 => (Target::All, connected.clone()),
                     1 => (
                         Target::Except(&some),
-                        connected.iter().copied().filter(|p| !some.contains(p)).collect(),
+                        connected
+                            .iter()
+                            .copied()
+                            .filter(|p| !some.contains(p))
+                            .collect(),
                     ),
                     2 => (
                         Target::Only(&some),
-                        connected.iter().copied().filter(|p| some.contains(p)).collect(),
+                        connected
+                            .iter()
+                            .copied()
+                            .filter(|p| some.contains(p))
+                            .collect(),
                     ),
                     _ => (
                         Target::Tag("g", Some(&v)),
@@ -576,7 +632,8 @@ impl HubWorld {
             6 => {
                 if let Some(i) = i {
                     let e = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
-                    self.hub.handle_transport_error(self.clients[i].peer, now, &e);
+                    self.hub
+                        .handle_transport_error(self.clients[i].peer, now, &e);
                 }
             }
             7 => {
@@ -658,7 +715,11 @@ impl HubWorld {
 pub fn hub_ops(t0: Instant, data: &[u8]) {
     let (p, script) = prefix::<3>(data);
     let max = (p[0] % 6 != 0).then_some(usize::from(p[0] % 6));
-    let budget = if p[2] == 0 { 64 * 1024 } else { 256 * usize::from(p[2]) };
+    let budget = if p[2] == 0 {
+        64 * 1024
+    } else {
+        256 * usize::from(p[2])
+    };
     let config = Arc::new(config(p[1]));
     let mut w = HubWorld {
         hub: Hub::with_connection_config(config.clone(), max, budget),
@@ -680,5 +741,8 @@ pub fn hub_ops(t0: Instant, data: &[u8]) {
     w.now += Duration::from_secs(10);
     w.settle();
     assert_eq!(w.hub.live(), 0);
-    assert!(w.clients.iter().all(|c| c.finished && c.outstanding.is_empty()));
+    assert!(w
+        .clients
+        .iter()
+        .all(|c| c.finished && c.outstanding.is_empty()));
 }

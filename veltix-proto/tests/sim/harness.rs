@@ -130,7 +130,10 @@ impl Sim {
             End::Client => (&mut self.client, &mut self.c2s),
             End::Server => (&mut self.server, &mut self.s2c),
         };
-        let e = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "replaced by a fake peer");
+        let e = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "replaced by a fake peer",
+        );
         conn.handle_transport_error(self.now, &e);
         while conn.poll_event().is_some() {}
         pipe.in_flight.clear();

@@ -219,6 +219,9 @@ struct Failure {
     link: Option<u64>,
     /// The server's rejection reached the client intact.
     rejected: Option<String>,
+    /// It reached the client with a corrupted byte: a rejection with a
+    /// garbled reason, or a handshake error (the report tells which).
+    rejected_garbled: bool,
     at: Instant,
     manual: bool,
 }
@@ -503,6 +506,7 @@ impl Sim {
             self.clients[c].failure = Some(Failure {
                 link: None,
                 rejected: None,
+                rejected_garbled: false,
                 at: now,
                 manual: false,
             });
@@ -574,18 +578,22 @@ impl Sim {
         // about everything sent on it.
         self.clients[c].link = None;
         let mut rejected = None;
+        let mut rejected_garbled = false;
         if let Some(l) = self.links.get_mut(&id) {
             l.client_gone = true;
             l.c_held.clear();
-            // The rejection reached the client intact (all of it, uncorrupted).
+            // The whole rejection reached the client.
             if l.peer.is_none()
                 && !l.dead
                 && l.refusal.is_none()
                 && l.s_held.is_empty()
                 && l.s2c.segments.is_empty()
-                && !self.corrupted.contains(&(id, 1))
             {
-                rejected = Some("server_full".to_owned());
+                if self.corrupted.contains(&(id, 1)) {
+                    rejected_garbled = true;
+                } else {
+                    rejected = Some("server_full".to_owned());
+                }
             }
         }
         self.connection_failed(id);
@@ -593,6 +601,7 @@ impl Sim {
         self.clients[c].failure = Some(Failure {
             link: Some(id),
             rejected,
+            rejected_garbled,
             at: self.now,
             manual,
         });
@@ -722,6 +731,15 @@ impl Sim {
                     }
                 }
                 SessionEvent::Disconnected(d) => {
+                    if let Some(f) = self.clients[c].failure.as_mut() {
+                        if let (true, DisconnectReason::Rejected(r)) =
+                            (f.rejected_garbled, &d.reason)
+                        {
+                            // A corrupted byte in the rejection's reason: the
+                            // model cannot know the text.
+                            f.rejected = Some(r.clone());
+                        }
+                    }
                     self.judge(c);
                     self.report.reports += 1;
                     let want = self.clients[c].expected.pop_front();

@@ -26,6 +26,8 @@ TARGETS = [
     "handshake_server",
     "connection_ops",
     "retry_policy",
+    "session_ops",
+    "hub_ops",
 ]
 
 written = {t: 0 for t in TARGETS}
@@ -278,6 +280,60 @@ retry_seeds = {
 }
 for name, data in retry_seeds.items():
     put("retry_policy", name, bytes(data))
+
+# ----------------------------------------------------------------- session_ops
+# retries (% 5), delay (x10 ms), settings byte; then ops (see veltix_proto::fuzz::session_ops):
+S_CONNECT, S_RETRY, S_STOP, S_DISCONNECT, S_DIAL_OK, S_DIAL_FAIL = 0, 1, 2, 3, 4, 5
+S_TO_CLIENT, S_TO_SERVER, S_RESET, S_EOF, S_JUNK, S_CMD, S_SERVER = 6, 7, 8, 9, 10, 11, 12
+S_ADVANCE, S_JUMP, S_EOF_AFTER = 13, 14, 15
+S_HANDSHAKE = [S_DIAL_OK, 1, S_TO_CLIENT, 0, S_TO_SERVER, 0, S_TO_CLIENT, 0]
+S_REQUEST, S_PING = 0x45, 0x85
+session_seeds = {
+    "talk-then-reset-then-reconnect": [2, 30, 0] + S_HANDSHAKE
+    + [S_CMD, S_REQUEST, S_CMD, S_PING, S_CMD, 7, S_TO_SERVER, 0, S_SERVER, 7, S_TO_CLIENT, 0]
+    + [S_RESET, S_JUMP] + S_HANDSHAKE + [S_CMD, 10, S_ADVANCE, 200],
+    "rejected-on-first-connect": [3, 10, 0, S_DIAL_OK, 0, S_TO_CLIENT, 0, S_JUMP, S_ADVANCE, 255],
+    "refused-until-give-up-then-retry": [2, 20, 0, S_DIAL_FAIL, S_JUMP, S_DIAL_FAIL, S_JUMP, S_DIAL_FAIL,
+                                         S_RETRY, 2, S_JUMP, S_DIAL_FAIL, S_JUMP, S_DIAL_OK, 1, S_JUMP, S_JUMP],
+    "disconnect-with-requests": [1, 10, 1] + S_HANDSHAKE + [S_CMD, S_REQUEST, S_CMD, 0x30, S_DISCONNECT, S_ADVANCE, 100],
+    "stop-retry-while-open": [4, 50, 0] + S_HANDSHAKE + [S_STOP, S_EOF, S_JUMP, S_RETRY, 0x80, S_JUMP],
+    "server-closes-gracefully": [2, 10, 2] + S_HANDSHAKE + [S_SERVER, 0x85, S_TO_CLIENT, 0, S_EOF_AFTER, S_JUMP],
+    "reset-before-and-after-hello": [3, 10, 0, S_DIAL_OK, 1, S_RESET, S_DIAL_OK, 1, S_TO_CLIENT, 0, S_RESET,
+                                     S_JUMP, S_DIAL_OK, 1, S_TO_CLIENT, 7, S_TO_CLIENT, 0, S_TO_SERVER, 0, S_JUMP, S_JUMP],
+    "junk-and-handshake-timeout": [1, 5, 3, S_DIAL_OK, 1, S_JUNK, 4, 0x56, 0x58, 0, 1, S_TO_CLIENT, 0, S_JUMP, S_JUMP],
+}
+for name, data in session_seeds.items():
+    put("session_ops", name, bytes(data))
+
+# --------------------------------------------------------------------- hub_ops
+# max_connection (% 6, 0 unlimited), settings byte, receive budget (x256, 0: 64 KiB);
+# then ops of two bytes, code and arg (see veltix_proto::fuzz::hub_ops):
+H_ACCEPT, H_TO_HUB, H_TO_CLIENT, H_CLIENT, H_HUB, H_BCAST, H_RESET, H_EOF = 0, 1, 2, 3, 4, 5, 6, 7
+H_CLOSE, H_CLOSE_ALL, H_ADVANCE, H_JUMP, H_TAG, H_JUNK, H_PEER_TIMEOUT, H_CLIENT_CLOSE = 8, 9, 10, 11, 12, 13, 14, 15
+
+
+def h_handshake(i):
+    return [H_TO_CLIENT, i, H_TO_HUB, i, H_TO_CLIENT, i]
+
+
+hub_seeds = {
+    "three-peers-tags-broadcasts": [3, 0, 0] + [H_ACCEPT, 0] * 4 + h_handshake(0) + h_handshake(1) + h_handshake(2)
+    + [H_TAG, 0, 0x1C, 1, H_TAG, 2, H_BCAST, 0, 0x15, 1, 0x25, 3, 0x35, 0, 0x35, 1]
+    + [H_TO_CLIENT, 0, H_TO_CLIENT, 1, H_TO_CLIENT, 2],
+    "requests-and-pings": [0, 0, 0, H_ACCEPT, 0] + h_handshake(0)
+    + [0x64, 10, 0xA4, 10, H_TO_CLIENT, 0, H_TO_HUB, 0, 0x64, 50, H_JUMP, 0, H_TO_CLIENT, 0],
+    "reset-releases-admission": [1, 0, 0, H_ACCEPT, 0] + h_handshake(0) + [H_ACCEPT, 0, H_RESET, 0, H_ACCEPT, 0]
+    + h_handshake(1) + [0x04, 5, H_TO_CLIENT, 1],
+    "receive-budget": [0, 0, 4, H_ACCEPT, 0, H_ACCEPT, 0] + h_handshake(0) + h_handshake(1)
+    + [H_CLIENT, 200, H_CLIENT, 200, H_CLIENT, 200, H_CLIENT, 200, 0x31, 0, 0x41, 1, 0x31, 0, 0x31, 1],
+    "close-one-and-all": [0, 1, 0, H_ACCEPT, 0, H_ACCEPT, 0] + h_handshake(0)
+    + [0x04, 100, H_CLOSE, 0, H_TO_CLIENT, 0, 0x19, 0, H_ADVANCE, 255],
+    "client-requests-and-timeouts": [2, 2, 0, H_ACCEPT, 0] + h_handshake(0)
+    + [0x13, 7, H_TO_HUB, 0, 0xD4, 0, H_TO_CLIENT, 0, H_PEER_TIMEOUT, 0, H_CLIENT_CLOSE, 0, H_TO_HUB, 0, H_EOF, 0],
+    "handshake-timeout-and-junk": [0, 0, 0, H_ACCEPT, 0, H_JUNK, 5, 0x56, 0x58, 0, 1, 2, H_TO_HUB, 0, H_JUMP, 0],
+}
+for name, data in hub_seeds.items():
+    put("hub_ops", name, bytes(data))
 
 total = sum(written.values())
 size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())

@@ -186,6 +186,8 @@ targets!(
     handshake_server,
     connection_ops,
     retry_policy,
+    session_ops,
+    hub_ops,
 );
 
 /// Replays `$FUZZ_INPUT` through `$FUZZ_TARGET` (does nothing when unset).
@@ -301,13 +303,13 @@ mod found_by_fuzzing {
     /// still completes the handshake.
     #[test]
     fn handshake_completes_after_its_deadline() {
-        let config = ConnectionConfig {
-            handshake_timeout: Duration::from_secs(5),
-            ..ConnectionConfig::default()
-        };
+        let mut config = ConnectionConfig::default();
+        config.handshake_timeout = Duration::from_secs(5);
         let t0 = Instant::now();
         let mut server = Connection::server(Arc::new(config), t0);
-        while server.poll_transmit().is_some() {}
+        while let Some(b) = server.poll_transmit() {
+            server.handle_written(t0, b.len());
+        }
         let late = t0 + Duration::from_secs(60);
         server.handle_input(late, &encode_hello(&LocalHello::default()));
         let acked = std::iter::from_fn(|| server.poll_transmit()).any(|b| b == encode_ack());

@@ -562,9 +562,12 @@ impl Connection {
         Ok(())
     }
 
-    /// Output is about to be queued: start the write deadline if idle.
+    /// Output is being queued: start the write deadline if idle. (Called
+    /// before or after the push: `stalled_since` is `None` exactly while
+    /// nothing is queued, so it must not test `queued_bytes`, which the
+    /// handshake path has already grown.)
     fn note_queued(&mut self) {
-        if self.queued_bytes() == 0 {
+        if self.stalled_since.is_none() {
             self.stalled_since = Some(self.now);
         }
     }

@@ -18,6 +18,8 @@
 //! | [`handshake_client`], [`handshake_server`] | arbitrary peer bytes and JSON objects at every handshake step |
 //! | [`connection_ops`] | a client and a server core joined by byte queues, under arbitrary commands, time and corruption |
 //! | [`retry_policy`] | arbitrary (also non-finite) retry settings under arbitrary failure sequences |
+//! | [`session_ops`] | a [`ClientSession`](crate::ClientSession) against real server cores: dial results, bytes, resets, rejections, commands, time |
+//! | [`hub_ops`] | a [`Hub`](crate::Hub) serving real client cores: admission, broadcasts, requests, resets, closes, time |
 //!
 //! Most inputs are read front to back, one byte per choice
 //! ([`arbitrary::Unstructured::int_in_range`] over at most 256 values), so
@@ -34,11 +36,13 @@ mod frames;
 mod handshakes;
 mod ops;
 mod retries;
+mod sessions;
 
 pub use frames::{frame_chunking, frame_decode, frame_roundtrip};
 pub use handshakes::{handshake_client, handshake_server};
 pub use ops::connection_ops;
 pub use retries::retry_policy;
+pub use sessions::{hub_ops, session_ops};
 
 /// A fuzz body: `t0` is any instant the caller picks as the start of
 /// virtual time (it reads its own clock once; the core never reads one).
@@ -54,6 +58,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("handshake_server", handshake_server),
     ("connection_ops", connection_ops),
     ("retry_policy", retry_policy),
+    ("session_ops", session_ops),
+    ("hub_ops", hub_ops),
 ];
 
 /// The body of the target called `name`.

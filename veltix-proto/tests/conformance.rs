@@ -740,15 +740,17 @@ fn py_hello() -> LocalHello {
 
 /// A connection config announcing what Veltix 3.3.0 announces.
 fn config() -> Arc<ConnectionConfig> {
-    Arc::new(ConnectionConfig {
-        hello: py_hello(),
-        ..ConnectionConfig::default()
-    })
+    let mut config = ConnectionConfig::default();
+    config.hello = py_hello();
+    Arc::new(config)
 }
 
-fn drain_tx(c: &mut Connection) -> Vec<u8> {
+/// Takes all output and reports it written (at `now`, or the connection's
+/// latest time if that is later).
+fn drain_tx(c: &mut Connection, now: Instant) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(b) = c.poll_transmit() {
+        c.handle_written(now, b.len());
         out.extend_from_slice(&b);
     }
     out
@@ -866,7 +868,7 @@ fn run_server(input: &[u8], chunk: usize) -> (Vec<u8>, Option<usize>, Vec<Event>
     let mut s = Connection::server(config(), t0);
     assert!(s.is_handshaking());
     assert_eq!(s.poll_timeout(), Some(t0), "the hello is ready at once");
-    let hello = drain_tx(&mut s);
+    let hello = drain_tx(&mut s, t0);
     assert_eq!(hello, hs_message("server_hello"), "server hello bytes");
     assert!(drain_events(&mut s).is_empty());
     let mut tx = Vec::new();
@@ -874,7 +876,7 @@ fn run_server(input: &[u8], chunk: usize) -> (Vec<u8>, Option<usize>, Vec<Event>
     let mut events = Vec::new();
     for (i, c) in input.chunks(chunk).enumerate() {
         s.handle_input(t0 + Duration::from_millis(1), c);
-        let out = drain_tx(&mut s);
+        let out = drain_tx(&mut s, t0);
         if !out.is_empty() && first_tx_at.is_none() {
             first_tx_at = Some(i);
         }
@@ -988,9 +990,9 @@ fn server_reactions_to_client_hello() {
 /// Completes a server handshake with the standard client hello.
 fn established_server(t0: Instant) -> Connection {
     let mut s = Connection::server(config(), t0);
-    assert_eq!(drain_tx(&mut s), hs_message("server_hello"));
+    assert_eq!(drain_tx(&mut s, t0), hs_message("server_hello"));
     s.handle_input(t0, &hs_message("client_hello"));
-    assert_eq!(drain_tx(&mut s), hs_message("ack_ok"));
+    assert_eq!(drain_tx(&mut s, t0), hs_message("ack_ok"));
     assert!(matches!(drain_events(&mut s)[..], [Event::Connected(_)]));
     s
 }
@@ -998,11 +1000,11 @@ fn established_server(t0: Instant) -> Connection {
 /// Completes a client handshake: server hello, our hello, ack.
 fn established_client(t0: Instant) -> Connection {
     let mut c = Connection::client(config(), t0);
-    assert!(drain_tx(&mut c).is_empty(), "the client speaks second");
+    assert!(drain_tx(&mut c, t0).is_empty(), "the client speaks second");
     c.handle_input(t0, &hs_message("server_hello"));
-    assert_eq!(drain_tx(&mut c), hs_message("client_hello"));
+    assert_eq!(drain_tx(&mut c, t0), hs_message("client_hello"));
     c.handle_input(t0, &hs_message("ack_ok"));
-    assert!(drain_tx(&mut c).is_empty());
+    assert!(drain_tx(&mut c, t0).is_empty());
     let ev = drain_events(&mut c);
     let [Event::Connected(peer)] = &ev[..] else {
         panic!("expected Connected, got {ev:?}")
@@ -1031,7 +1033,7 @@ fn post_handshake_examples() {
             s.handle_input(t0 + Duration::from_millis(3), c);
         }
         assert_eq!(
-            hex::encode(drain_tx(&mut s)),
+            hex::encode(drain_tx(&mut s, t0)),
             str_of(pong, "server_sends_pong_hex"),
             "auto-PONG (chunks of {chunk})"
         );
@@ -1048,7 +1050,7 @@ fn post_handshake_examples() {
     let mut c = established_client(t0);
     assert_eq!(c.ping(t0, Duration::from_secs(5)), Ok(0));
     assert_eq!(
-        hex::encode(drain_tx(&mut c)),
+        hex::encode(drain_tx(&mut c, t0)),
         str_of(ping, "client_sends_ping_hex")
     );
     // The server's PONG completes it.
@@ -1072,13 +1074,13 @@ fn client_after(second: &[u8], chunk: usize) -> (Vec<Event>, Vec<u8>, Connection
     let t0 = Instant::now();
     let mut c = Connection::client(config(), t0);
     c.handle_input(t0, &hs_message("server_hello"));
-    assert_eq!(drain_tx(&mut c), hs_message("client_hello"));
+    assert_eq!(drain_tx(&mut c, t0), hs_message("client_hello"));
     assert!(drain_events(&mut c).is_empty());
     let mut events = Vec::new();
     let mut tx = Vec::new();
     for part in second.chunks(chunk) {
         c.handle_input(t0 + Duration::from_millis(1), part);
-        tx.extend(drain_tx(&mut c));
+        tx.extend(drain_tx(&mut c, t0));
         events.extend(drain_events(&mut c));
     }
     (events, tx, c)
@@ -1115,7 +1117,7 @@ fn client_rejected_by_server() {
                 c.handle_input(t0, part);
             }
             assert!(
-                drain_tx(&mut c).is_empty(),
+                drain_tx(&mut c, t0).is_empty(),
                 "{reason}: client must send nothing"
             );
             assert_handshake_close(
@@ -1226,15 +1228,15 @@ fn frames_in_the_same_read_as_the_ack() {
     ));
     let mut tx = hs_message("client_hello");
     tx.extend(unhex("565800000100000000000000000009"));
-    assert_eq!(drain_tx(&mut c), tx);
+    assert_eq!(drain_tx(&mut c, t0), tx);
 
     // And a server receives frames that follow the client hello in one read.
     let mut s = Connection::server(config(), t0);
-    drain_tx(&mut s);
+    drain_tx(&mut s, t0);
     let mut input = hs_message("client_hello");
     input.extend(a.to_vec().unwrap());
     s.handle_input(t0, &input);
-    assert_eq!(drain_tx(&mut s), hs_message("ack_ok"));
+    assert_eq!(drain_tx(&mut s, t0), hs_message("ack_ok"));
     let ev = drain_events(&mut s);
     assert!(
         matches!(&ev[..], [Event::Connected(_), Event::Message(f)] if *f == a),
@@ -1262,12 +1264,12 @@ fn handshake_deadline_covers_the_whole_handshake() {
         |e| *e == HandshakeError::TimedOut,
         "silent server",
     );
-    assert!(drain_tx(&mut c).is_empty());
+    assert!(drain_tx(&mut c, t0).is_empty());
 
     // A client trickling its hello one byte per second: each read is well
     // within the timeout, but the whole handshake is not.
     let mut s = Connection::server(config(), t0);
-    drain_tx(&mut s);
+    drain_tx(&mut s, t0);
     let hello = hs_message("client_hello");
     let mut now = t0;
     for b in hello.iter().take(6) {
@@ -1280,7 +1282,7 @@ fn handshake_deadline_covers_the_whole_handshake() {
     }
     assert!(s.is_closed(), "closed once 5 s passed in total");
     assert!(
-        drain_tx(&mut s).is_empty(),
+        drain_tx(&mut s, t0).is_empty(),
         "nothing sent to a timed-out client"
     );
     assert_handshake_close(

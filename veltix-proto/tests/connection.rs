@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use veltix_proto::{
     CloseReason, Connection, ConnectionConfig, Event, Frame, MessageType, RequestFailure,
-    SendError, DEFAULT_HANDSHAKE_TIMEOUT,
+    SendError, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
 };
 
 fn pair() -> (Connection, Connection, Instant) {
@@ -26,10 +26,12 @@ fn pump(a: &mut Connection, b: &mut Connection, now: Instant) {
     loop {
         let mut moved = false;
         while let Some(x) = a.poll_transmit() {
+            a.handle_written(now, x.len());
             b.handle_input(now, &x);
             moved = true;
         }
         while let Some(x) = b.poll_transmit() {
+            b.handle_written(now, x.len());
             a.handle_input(now, &x);
             moved = true;
         }
@@ -82,10 +84,9 @@ fn hex_frame(t: u16, id: u16) -> Vec<u8> {
 #[test]
 fn queue_full_is_a_typed_error_and_pong_drop_is_counted() {
     let t0 = Instant::now();
-    let cfg = Arc::new(ConnectionConfig {
-        max_outbound: 100,
-        ..ConnectionConfig::default()
-    });
+    let mut cfg = ConnectionConfig::default();
+    cfg.max_outbound = 100;
+    let cfg = Arc::new(cfg);
     let mut c = Connection::client(cfg.clone(), t0);
     let mut s = Connection::server(cfg, t0);
     pump(&mut c, &mut s, t0);
@@ -122,8 +123,14 @@ fn poll_timeout_never_hides_ready_output() {
     let (mut c, _s, t0) = pair();
     assert_eq!(c.poll_timeout(), None);
     c.send(MessageType(200), &b"x"[..]).unwrap();
+    assert!(c.has_transmit());
     assert_eq!(c.poll_timeout(), Some(t0));
-    c.poll_transmit();
+    let b = c.poll_transmit().unwrap();
+    // Taken but not reported written: no longer "now", but the write deadline.
+    assert!(!c.has_transmit());
+    assert_eq!(c.poll_timeout(), c.next_timer());
+    assert_eq!(c.poll_timeout(), Some(t0 + DEFAULT_WRITE_TIMEOUT));
+    c.handle_written(t0, b.len());
     assert_eq!(c.poll_timeout(), None);
 }
 
@@ -132,7 +139,7 @@ fn closed_connection_generates_nothing() {
     let (mut c, _s, t0) = pair();
     c.request(t0, MessageType(200), &b"q"[..], Duration::from_secs(1))
         .unwrap();
-    c.close();
+    c.close(t0);
     let evs: Vec<_> = std::iter::from_fn(|| c.poll_event()).collect();
     assert!(matches!(
         evs[0],
@@ -142,11 +149,22 @@ fn closed_connection_generates_nothing() {
             ..
         }
     ));
-    assert!(matches!(evs[1], Event::Closed { .. }));
-    // Graceful: the request queued before close is still drained.
-    assert!(c.poll_transmit().is_some());
+    // Graceful: the request queued before close is still drained, and
+    // `Closed` waits for it.
+    assert_eq!(evs.len(), 1);
+    assert!(c.is_closed() && !c.is_finished());
+    let b = c.poll_transmit().expect("the queued request");
     c.handle_input(t0, &hex_frame(0, 9));
     assert!(c.poll_transmit().is_none(), "no PONG after close");
+    c.handle_written(t0, b.len());
+    assert!(c.is_finished());
+    assert_eq!(
+        c.poll_event(),
+        Some(Event::Closed {
+            reason: CloseReason::Local,
+            unsent_bytes: 0
+        })
+    );
     assert!(matches!(
         c.send(MessageType(200), Bytes::new()),
         Err(SendError::Closed(_))

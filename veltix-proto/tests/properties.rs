@@ -30,7 +30,7 @@ use veltix_proto::handshake::{encode_ack, encode_hello};
 use veltix_proto::{
     CloseReason, Connection, ConnectionConfig, Decoded, Decoder, DecoderConfig, Discard,
     DiscardReason, Event, Frame, Header, LocalHello, MessageType, RequestKind, SendError, Side,
-    TypeSet, HEADER_LEN,
+    TypeSet, HEADER_LEN, TRANSMIT_WINDOW,
 };
 
 // ------------------------------------------------------------ strategies
@@ -525,6 +525,8 @@ struct Harness {
     /// Set once the connection is closed: bytes it may still hand out.
     allowed_after_close: Option<usize>,
     saw_closed_event: bool,
+    /// When `close` was called (for the flush deadline).
+    closed_at: Option<Instant>,
     saw_connected: bool,
     /// Requests and pings issued and not yet ended, by id.
     outstanding: HashMap<u16, RequestKind>,
@@ -550,18 +552,32 @@ impl Harness {
             }
             self.allowed_after_close = Some(queued);
         }
-        if queued > 0 {
+        // poll_timeout is "now" exactly while output can be taken, else
+        // the next timer.
+        if self.conn.has_transmit() {
             prop_assert_eq!(
                 self.conn.poll_timeout(),
                 Some(self.seen_now),
-                "queued output must make poll_timeout due"
+                "output to take must make poll_timeout due"
+            );
+        } else {
+            prop_assert_eq!(self.conn.poll_timeout(), self.conn.next_timer());
+        }
+        if queued > 0 && !self.conn.is_closed() {
+            prop_assert!(
+                self.conn.poll_timeout().is_some(),
+                "queued output without a deadline"
             );
         }
         Ok(())
     }
 
+    /// The driver writes everything at once and reports it written.
     fn transmit_all(&mut self) -> Result<(), TestCaseError> {
         while let Some(b) = self.conn.poll_transmit() {
+            prop_assert!(self.conn.in_flight() <= TRANSMIT_WINDOW);
+            self.conn.handle_written(self.now, b.len());
+            self.seen_now = self.now;
             prop_assert!(!b.is_empty(), "empty transmit");
             if let Some(left) = &mut self.allowed_after_close {
                 prop_assert!(
@@ -574,8 +590,13 @@ impl Harness {
             }
         }
         prop_assert_eq!(self.conn.queued_bytes(), 0);
+        prop_assert!(!self.conn.has_transmit());
         if let Some(left) = self.allowed_after_close {
-            prop_assert_eq!(left, 0, "bytes queued before the close were not handed out");
+            // Unless the flush deadline dropped them (then reported unsent).
+            prop_assert!(
+                left == 0 || self.conn.is_finished(),
+                "bytes queued before the close were not handed out"
+            );
         }
         Ok(())
     }
@@ -619,7 +640,13 @@ impl Harness {
                     prop_assert!(self.conn.is_closed());
                     prop_assert_eq!(Some(&reason), self.conn.close_reason());
                     if reason == CloseReason::Local {
-                        prop_assert_eq!(unsent_bytes, 0);
+                        // Written, or reported unsent once the flush deadline passed.
+                        let left = self.allowed_after_close.unwrap_or(0);
+                        prop_assert_eq!(unsent_bytes, left);
+                        if unsent_bytes > 0 {
+                            let at = self.closed_at.expect("closed locally");
+                            prop_assert!(self.now >= at + self.conn.config().flush_timeout);
+                        }
                     }
                     prop_assert!(
                         self.outstanding.is_empty(),
@@ -628,6 +655,7 @@ impl Harness {
                     );
                     self.saw_closed_event = true;
                 }
+                e => return Err(TestCaseError::fail(format!("unexpected event {e:?}"))),
             }
         }
         Ok(())
@@ -656,7 +684,11 @@ impl Harness {
                 .ping(self.now, Duration::from_millis(*ms))
                 .map(|id| Some((id, RequestKind::Ping))),
             Command::Close => {
-                self.conn.close();
+                self.seen_now = self.now;
+                if !self.conn.is_closed() {
+                    self.closed_at = Some(self.now);
+                }
+                self.conn.close(self.now);
                 Ok(None)
             }
         };
@@ -709,11 +741,9 @@ fn run_scenario(s: &Scenario) -> Result<(), TestCaseError> {
         version: "3.3.0".into(),
         meta: Map::new(),
     };
-    let mut config = ConnectionConfig {
-        hello: hello.clone(),
-        max_outbound: s.max_outbound,
-        ..ConnectionConfig::default()
-    };
+    let mut config = ConnectionConfig::default();
+    config.hello = hello.clone();
+    config.max_outbound = s.max_outbound;
     config.decoder.strict = s.strict;
     if s.restrict_types {
         config.decoder.accepted_types = Some(Arc::new(
@@ -738,6 +768,7 @@ fn run_scenario(s: &Scenario) -> Result<(), TestCaseError> {
         seen_now: t0,
         allowed_after_close: None,
         saw_closed_event: false,
+        closed_at: None,
         saw_connected: false,
         outstanding: HashMap::new(),
         issued: 0,
@@ -779,7 +810,11 @@ fn run_scenario(s: &Scenario) -> Result<(), TestCaseError> {
     // End of the run: close (a no-op when already closed) and drain.
     let before = h.conn.queued_bytes();
     let was_closed = h.conn.is_closed();
-    h.conn.close();
+    h.seen_now = h.now;
+    if !was_closed {
+        h.closed_at = Some(h.now);
+    }
+    h.conn.close(h.now);
     h.after_call(before, was_closed)?;
     h.transmit_all()?;
     h.events_all()?;

@@ -130,7 +130,11 @@ impl Sim {
             End::Client => (&mut self.client, &mut self.c2s),
             End::Server => (&mut self.server, &mut self.s2c),
         };
-        conn.handle_transport_error(self.now, "replaced by a fake peer");
+        let e = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "replaced by a fake peer",
+        );
+        conn.handle_transport_error(self.now, &e);
         while conn.poll_event().is_some() {}
         pipe.in_flight.clear();
     }
@@ -154,7 +158,9 @@ impl Sim {
                         &mut self.server_app,
                     ),
                 };
+                // The link takes everything at once: written as soon as taken.
                 while let Some(b) = conn.poll_transmit() {
+                    conn.handle_written(self.now, b.len());
                     let at = self.now + self.latency;
                     pipe.in_flight.push_back((at, b));
                     progressed = true;

@@ -176,7 +176,10 @@ pub struct ClientConfig {
     pub max_message_size: usize,
     /// Deadline for TCP connect and for the whole handshake (default 5 s).
     pub handshake_timeout: Duration,
-    /// Callback worker threads (default 4).
+    /// Handlers running at once (default 4, Veltix's): `veltix-std` runs
+    /// them on this many pool threads; `veltix-tokio` lets this many run
+    /// concurrently (a client's handlers run one at a time anyway: they are
+    /// in order per connection).
     pub max_workers: usize,
     /// Reconnect attempts after a failure (default 0).
     pub retry: u32,
@@ -344,7 +347,10 @@ pub struct ServerConfig {
     pub max_message_size: usize,
     /// Deadline for each client's whole handshake (default 5 s).
     pub handshake_timeout: Duration,
-    /// Callback worker threads (default 4).
+    /// Handlers running at once (default 4, Veltix's): `veltix-std` runs
+    /// them on this many pool threads; `veltix-tokio` lets this many run
+    /// concurrently (a client's handlers run one at a time anyway: they are
+    /// in order per connection).
     pub max_workers: usize,
     /// Request-id window for server-initiated requests (default 30 000, capped at 32 768).
     pub id_window: u16,

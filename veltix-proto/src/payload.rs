@@ -78,4 +78,23 @@ impl Frame {
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, PayloadError> {
         decode_json(&self.payload)
     }
+
+    /// Whether the payload is UTF-8 text (Python veltix's `is_text`).
+    ///
+    /// ```
+    /// use veltix_proto::{Frame, MessageType};
+    /// let f = Frame::new(MessageType::new(200), 0, &b"hi"[..]);
+    /// assert!(f.is_text() && !f.is_json());
+    /// let f = Frame::new(MessageType::new(200), 0, &br#"{"a": 1}"#[..]);
+    /// assert!(f.is_text() && f.is_json());
+    /// assert!(!Frame::new(MessageType::new(200), 0, vec![0xff]).is_text());
+    /// ```
+    pub fn is_text(&self) -> bool {
+        std::str::from_utf8(&self.payload).is_ok()
+    }
+
+    /// Whether the payload is one JSON value (Python veltix's `is_json`).
+    pub fn is_json(&self) -> bool {
+        decode_json::<serde_json::Value>(&self.payload).is_ok()
+    }
 }

@@ -103,6 +103,9 @@ struct State {
 struct Inner {
     config: ServerConfig,
     state: Mutex<State>,
+    /// `max_workers`: handlers running at once, all peers together (FIFO,
+    /// so flooding peers cannot starve the others).
+    workers: tokio::sync::Semaphore,
     recv_ready: Notify,
     dispatch_idle: Notify,
     closed: Notify,
@@ -412,7 +415,11 @@ async fn dispatch(inner: Arc<Inner>, id: PeerId) {
             Job::Peer(p, h) => h(server.clone(), p),
             Job::Message(p, f, h) => h(server.clone(), p, f),
         };
-        if Catch(fut).await.is_err() {
+        // Closed only never: `acquire` cannot fail here.
+        let permit = inner.workers.acquire().await;
+        let failed = Catch(fut).await.is_err();
+        drop(permit);
+        if failed {
             tracing::error!(peer = %id, "a server handler panicked");
         }
     }
@@ -622,6 +629,7 @@ impl Server {
         config.validate()?;
         let hub = Hub::new(&config);
         Ok(Server(Arc::new(Inner {
+            workers: tokio::sync::Semaphore::new(config.max_workers),
             config,
             state: Mutex::new(State {
                 hub,

@@ -459,6 +459,28 @@ impl ServerConfig {
         check_hello(&self.hello)
     }
 
+    /// `max_connection` lowered to fit a process limit of `fd_limit` open
+    /// files (one per connection, 64 kept for everything else), so that a
+    /// flood of connects meets `server_full` instead of "too many open
+    /// files". `None` (unlimited, set explicitly) stays unlimited. Drivers
+    /// call this with the OS limit when they start.
+    ///
+    /// ```
+    /// use veltix_proto::ServerConfig;
+    /// let c = ServerConfig::default(); // 10 000
+    /// assert_eq!(c.max_connection_for_fds(1024), Some(960));
+    /// assert_eq!(c.max_connection_for_fds(1 << 20), Some(10_000));
+    /// assert_eq!(c.max_connection_for_fds(10), Some(1));
+    /// assert_eq!(c.max_connection(None).max_connection_for_fds(1024), None);
+    /// ```
+    pub fn max_connection_for_fds(&self, fd_limit: u64) -> Option<usize> {
+        const RESERVED_FDS: u64 = 64;
+        let fit = usize::try_from(fd_limit.saturating_sub(RESERVED_FDS))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        self.max_connection.map(|m| m.min(fit))
+    }
+
     /// The core's connection settings (`id_window` capped at 32 768).
     pub fn connection_config(&self) -> Arc<ConnectionConfig> {
         if self.id_window > MAX_ID_WINDOW {

@@ -164,6 +164,11 @@ impl Hub {
     pub fn live(&self) -> usize {
         self.live
     }
+    /// Changes `max_connection` (e.g. lowered to fit the process's
+    /// file-descriptor limit when a driver starts); live connections stay.
+    pub fn set_max_connections(&mut self, max: Option<usize>) {
+        self.max_connections = max;
+    }
     /// Whether the next `accept` would be refused.
     pub fn is_full(&self) -> bool {
         self.max_connections.is_some_and(|m| self.live >= m)

@@ -234,6 +234,8 @@ impl Server {
         };
         {
             let mut g = self.core();
+            g.hub
+                .set_max_connections(fitted_max_connection(&self.0.config));
             g.waker = Some(waker.clone());
             g.wake_pending = false;
             g.phase = Phase::Running;
@@ -589,4 +591,23 @@ impl Server {
             .handler(t)
             .cloned()
     }
+}
+
+/// `max_connection` fitted to the process's open-file limit (see
+/// [`ServerConfig::max_connection_for_fds`]).
+fn fitted_max_connection(config: &ServerConfig) -> Option<usize> {
+    #[cfg(unix)]
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let fit = config.max_connection_for_fds(soft);
+        if fit != config.max_connection {
+            tracing::warn!(
+                configured = ?config.max_connection,
+                fd_limit = soft,
+                max_connection = ?fit,
+                "max_connection lowered to fit the open-file limit"
+            );
+        }
+        return fit;
+    }
+    config.max_connection
 }

@@ -271,6 +271,8 @@ impl Server {
             return Err(Error::AlreadyRunning);
         }
         st.phase = Phase::Running;
+        st.hub
+            .set_max_connections(fitted_max_connection(&self.0.config));
         st.local_addr = Some(addr);
         st.rt = Some(Handle::current());
         st.accept = Some(tokio::spawn(accept_loop(self.0.clone(), listener)));
@@ -665,4 +667,23 @@ impl Server {
     pub fn config(&self) -> &ServerConfig {
         &self.0.config
     }
+}
+
+/// `max_connection` fitted to the process's open-file limit (see
+/// [`ServerConfig::max_connection_for_fds`]).
+fn fitted_max_connection(config: &ServerConfig) -> Option<usize> {
+    #[cfg(unix)]
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let fit = config.max_connection_for_fds(soft);
+        if fit != config.max_connection {
+            tracing::warn!(
+                configured = ?config.max_connection,
+                fd_limit = soft,
+                max_connection = ?fit,
+                "max_connection lowered to fit the open-file limit"
+            );
+        }
+        return fit;
+    }
+    config.max_connection
 }

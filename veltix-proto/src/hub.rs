@@ -247,7 +247,9 @@ impl Hub {
             self.touch(peer);
         }
     }
-    /// Number of connected peers.
+    /// Peers whose `Connected` event was taken and whose `Disconnected`
+    /// event was not yet (the application's view; [`peers`](Self::peers)
+    /// lists established peers whatever events are pending).
     pub fn connected(&self) -> usize {
         self.connected
     }

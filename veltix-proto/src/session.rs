@@ -283,9 +283,11 @@ impl ClientSession {
         }
     }
 
-    /// Starts connecting (Veltix's `connect()`): failures are retried per
-    /// the policy and reported with reason `Error` (or `Rejected`; a
-    /// rejection here is final at once). No-op while connected or connecting.
+    /// Starts connecting (Veltix's `connect()`): a fresh attempt loop (the
+    /// count and budget reset, even after an earlier give-up); failures are
+    /// retried per the policy and reported with reason `Error` (or
+    /// `Rejected`; a rejection here is final at once). No-op while
+    /// connected or connecting.
     pub fn connect(&mut self, now: Instant) {
         self.advance(now);
         if !matches!(self.phase, Phase::Idle) {
@@ -294,6 +296,8 @@ impl ClientSession {
         self.manual = false;
         self.stop_requested = false;
         self.initial = true;
+        // A fresh loop: a connect() after giving up retries again.
+        self.reconnect.on_success();
         self.phase = Phase::DialDue;
     }
 

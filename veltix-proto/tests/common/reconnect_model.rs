@@ -23,7 +23,9 @@
 //!    attempt is `Rejected(r)` when the server refused, else `Error` in the
 //!    loop started by `connect()` before any success, else `ServerClosed`;
 //! 9. `disconnect()`: an established connection reports `(true, a, Manual)`
-//!    when it ends and nothing more; anything else gives up without a report.
+//!    when it ends and nothing more; anything else gives up without a report;
+//! 10. `connect()` starts a fresh loop: count and budget reset, even after a
+//!    give-up.
 
 #![allow(dead_code)]
 
@@ -93,10 +95,14 @@ impl Model {
         }
     }
 
-    /// `connect()` from idle.
+    /// `connect()` from idle: a fresh loop (count, budget and the stopped
+    /// state reset, as after a success).
     pub fn connect(&mut self) {
         self.initial = true;
         self.stop_requested = false;
+        self.attempt = 0;
+        self.budget = self.max_retries;
+        self.stopped = false;
     }
 
     /// The handshake finished.

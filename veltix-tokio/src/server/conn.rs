@@ -259,10 +259,14 @@ fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
 /// One connection: writes what the hub gives, reads while the hub wants
 /// input (and the peer's handler queue has room), fires the peer's
 /// deadlines; drops the socket as soon as the hub is done with it.
+/// Reads of one connection before its task lets the others run (4 x 64 KiB).
+const READS_PER_TURN: usize = 4;
+
 async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: TcpStream) {
     let mut out = Bytes::new();
     let mut buf = ReadBuf::default();
     let mut timer = Timer::new();
+    let mut reads_in_a_row = 0;
     loop {
         let (read, deadline) = {
             let mut st = lock(&inner.state);
@@ -328,8 +332,15 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
                 }
                 // A socket that is always readable (a flood) must not keep
                 // this worker: `readable()` does not count against tokio's
-                // cooperative budget, so count each read here.
+                // cooperative budget, so count each read here, and let the
+                // other tasks run after every 256 KiB read in a row (the
+                // budget alone allows 128 reads, 8 MiB, per turn).
                 tokio::task::consume_budget().await;
+                reads_in_a_row += 1;
+                if reads_in_a_row >= READS_PER_TURN {
+                    reads_in_a_row = 0;
+                    tokio::task::yield_now().await;
+                }
             }
             _ = stream.writable(), if writing => {}
             () = timer.fired(), if timer.is_armed() => {

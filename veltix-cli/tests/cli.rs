@@ -369,6 +369,98 @@ fn serve_echo_answers_request_ping_and_send() {
         .any(|l| l.contains(" disconnected (127.0.0.1:")));
 }
 
+/// Every client command and the server on veltix-tokio (`--driver tokio`),
+/// crossed with veltix-std on the other end; reserved types need `--system`.
+#[test]
+fn tokio_driver_serves_and_sends_and_system_types_need_a_flag() {
+    for (server_driver, client_driver) in [("tokio", "tokio"), ("tokio", "std"), ("std", "tokio")] {
+        let (mut server, addr) = serve(&["--echo", "--driver", server_driver]);
+        let out = veltix(&[
+            "request",
+            &addr,
+            "--type",
+            "200",
+            "--text",
+            "hi",
+            "--driver",
+            client_driver,
+        ]);
+        out.assert_code(0);
+        assert!(out.text().ends_with("(text)\nhi\n"), "{}", out.text());
+        let out = veltix(&[
+            "ping",
+            &addr,
+            "-c",
+            "2",
+            "--interval",
+            "0.05",
+            "--driver",
+            client_driver,
+        ]);
+        out.assert_code(0);
+        assert!(
+            out.text().contains("2 transmitted, 2 received"),
+            "{}",
+            out.text()
+        );
+        let out = veltix(&[
+            "send",
+            &addr,
+            "--type",
+            "201",
+            "--text",
+            "x",
+            "--driver",
+            client_driver,
+        ]);
+        out.assert_code(0);
+        server.wait_for("the message", |l| l.contains(" message type=201 "));
+
+        // A reserved type is a usage error without --system ...
+        let out = veltix(&[
+            "send",
+            &addr,
+            "--type",
+            "5",
+            "--text",
+            "x",
+            "--driver",
+            client_driver,
+        ]);
+        out.assert_code(2);
+        assert!(out.stderr.contains("--system"), "{}", out.stderr);
+        let out = veltix(&[
+            "request",
+            &addr,
+            "-t",
+            "0",
+            "--text",
+            "x",
+            "--driver",
+            client_driver,
+        ]);
+        out.assert_code(2);
+        // ... and goes out with it (the server counts it as a message).
+        let out = veltix(&[
+            "send",
+            &addr,
+            "--type",
+            "150",
+            "--system",
+            "--text",
+            "sys",
+            "--driver",
+            client_driver,
+        ]);
+        out.assert_code(0);
+        server.wait_for("the system-type message", |l| {
+            l.contains(" message type=150 ")
+        });
+        let (status, _) = server.finish();
+        assert!(status.success(), "{status:?}\n{}", server.stderr());
+    }
+}
+
 #[test]
 fn connection_refused_exits_3() {
     let target = format!("127.0.0.1:{}", closed_port());

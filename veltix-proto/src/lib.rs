@@ -163,7 +163,7 @@ pub use hub::{Broadcast, Hub, HubEvent, PeerId, Target};
 pub use payload::PayloadError;
 pub use retry::{Backoff, DisconnectReason, DisconnectState, RetryPolicy};
 pub use router::Router;
-pub use server::{Acceptor, Rejection, SharedTags, Tags};
+pub use server::{Rejection, Tags};
 pub use session::{ClientSession, Dial, SessionEvent};
 
 /// The README's code blocks, compiled and run as doctests (`cargo test --doc`).

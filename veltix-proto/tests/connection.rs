@@ -206,9 +206,13 @@ fn pending_leaves_exactly_once() {
     assert!(p.is_empty() && p.next_deadline().is_none());
 }
 #[test]
-fn release_never_underflows() {
-    let mut a = veltix_proto::Acceptor::new(Arc::new(ConnectionConfig::default()), Some(0));
-    assert!(a.accept(Instant::now()).is_err());
-    a.release();
-    assert_eq!(a.live(), 0);
+fn a_refused_transport_counts_nothing() {
+    let mut h = veltix_proto::Hub::with_connection_config(
+        Arc::new(ConnectionConfig::default()),
+        Some(0),
+        1,
+    );
+    assert!(h.accept(Instant::now()).is_err());
+    assert_eq!(h.live(), 0);
+    assert_eq!(h.stats().rejected, 1);
 }

@@ -14,8 +14,7 @@ use harness::{End, Sim};
 use serde_json::json;
 use veltix_proto::handshake::{encode_hello, LocalHello};
 use veltix_proto::{
-    Acceptor, CloseReason, ConnectionConfig, Event, HandshakeError, MessageType, RequestFailure,
-    RequestKind,
+    CloseReason, ConnectionConfig, Event, HandshakeError, MessageType, RequestFailure, RequestKind,
 };
 
 const MS: Duration = Duration::from_millis(1);
@@ -98,10 +97,10 @@ fn version_mismatch_closes_the_server_silently() {
 
 #[test]
 fn server_full_rejection_reaches_the_client_with_its_reason() {
-    let mut acceptor = Acceptor::new(Arc::new(config()), Some(1));
+    let mut hub = veltix_proto::Hub::with_connection_config(Arc::new(config()), Some(1), 1 << 20);
     let mut sim = Sim::new(config(), 5 * MS, 3);
-    let _held = acceptor.accept(sim.now).expect("first fits");
-    let rejection = acceptor.accept(sim.now).expect_err("second is refused");
+    let _held = hub.accept(sim.now).expect("first fits");
+    let rejection = hub.accept(sim.now).expect_err("second is refused");
     sim.silence(End::Server);
     sim.inject(End::Client, 5 * MS, &rejection.bytes);
     sim.run_idle(Duration::from_secs(10));

@@ -125,10 +125,10 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{r:,.1f}x" if r >= 10 else f"{r:.2f}x"
 
 
-def rs(doc: dict[str, Any] | None, scenario: str, key: str, raw: bool = False) -> float | None:
+def rs(doc: dict[str, Any] | None, scenario: str, key: str, raw: bool = False, prefix: str = "") -> float | None:
     if not doc:
         return None
-    v = doc.get(scenario, {}).get(("raw_" if raw else "") + key)
+    v = doc.get(scenario, {}).get(("raw_" if raw else prefix) + key)
     return float(v) if isinstance(v, (int, float)) else None
 
 
@@ -140,8 +140,11 @@ def table(py: dict[tuple[str, str], float], std: dict | None, tok: dict | None) 
         "veltix-rs std",
         "veltix-rs tokio",
         "raw TCP (std / tokio)",
+        "limit (std / tokio)",
         "std / Python",
         "tokio / Python",
+        "std / limit",
+        "tokio / limit",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for scenario, key, label, unit in ROWS:
@@ -151,6 +154,8 @@ def table(py: dict[tuple[str, str], float], std: dict | None, tok: dict | None) 
             continue
         rs_, rt = rs(std, scenario, key, raw=True), rs(tok, scenario, key, raw=True)
         raw = "-" if rs_ is None and rt is None else f"{fmt(rs_, unit)} / {fmt(rt, unit)}"
+        ls, lt = rs(std, scenario, key, prefix="limit_"), rs(tok, scenario, key, prefix="limit_")
+        limit = "-" if ls is None and lt is None else f"{fmt(ls, unit)} / {fmt(lt, unit)}"
         lines.append(
             "| "
             + " | ".join(
@@ -161,12 +166,36 @@ def table(py: dict[tuple[str, str], float], std: dict | None, tok: dict | None) 
                     fmt(s, unit),
                     fmt(t, unit),
                     raw,
+                    limit,
                     ratio(s, p),
                     ratio(t, p),
+                    ratio(s, ls),
+                    ratio(t, lt),
                 ]
             )
             + " |"
         )
+    return lines
+
+
+# Large-burst runs (veltix only; Python's burst waits 10 s at most).
+BIG: dict[str, dict] = {}
+
+
+def big_table() -> list[str]:
+    lines = []
+    for name in ("std_big", "tokio_big"):
+        doc = BIG.get(name)
+        if not doc:
+            continue
+        v = rs(doc, "burst", "recv_msgs_per_s")
+        l = rs(doc, "burst", "recv_msgs_per_s", prefix="limit_")
+        n = (doc.get("meta") or {}).get("count")
+        lines.append(
+            f"| burst {n} x 64 B, {name.split('_')[0]} | {fmt(v, 'msg/s')} | {fmt(l, 'msg/s')} | {ratio(v, l)} |"
+        )
+    if lines:
+        lines = ["| run | veltix-rs receive | limit | veltix / limit |", "|---|---|---|---|"] + lines
     return lines
 
 
@@ -188,11 +217,27 @@ def targets(py: dict[tuple[str, str], float], std: dict | None, tok: dict | None
         return f"{v / p:,.1f}x: {verdict(v / p >= factor)}"
 
     for scenario, label in [
-        ("burst", "burst receive >= 50x Python"),
-        ("stress", f"{clients}-client stress receive >= 50x Python"),
+        ("burst", "burst receive >= 100x Python"),
+        ("stress", f"{clients}-client stress receive >= 100x Python"),
     ]:
         lines.append(
-            f"| {label} | {at_least(scenario, 'recv_msgs_per_s', 50, std)} | {at_least(scenario, 'recv_msgs_per_s', 50, tok)} |"
+            f"| {label} | {at_least(scenario, 'recv_msgs_per_s', 100, std)} | {at_least(scenario, 'recv_msgs_per_s', 100, tok)} |"
+        )
+
+    def of_limit(doc: dict | None, scenario: str) -> str:
+        v, l = rs(doc, scenario, "recv_msgs_per_s"), rs(doc, scenario, "recv_msgs_per_s", prefix="limit_")
+        if v is None or not l:
+            return "n/a"
+        return f"{100 * v / l:.0f}% of the limit: {verdict(v >= 0.25 * l)}"
+
+    for scenario, label in [
+        ("burst", "burst receive >= 25% of the batched raw limit"),
+        ("stress", "stress receive >= 25% of the batched raw limit"),
+    ]:
+        lines.append(f"| {label} | {of_limit(std, scenario)} | {of_limit(tok, scenario)} |")
+    for name, s_doc, t_doc in [("1 M-message burst", "std_big", "tokio_big")]:
+        lines.append(
+            f"| {name} receive >= 25% of the limit | {of_limit(BIG.get(s_doc), 'burst')} | {of_limit(BIG.get(t_doc), 'burst')} |"
         )
 
     def ping(doc: dict | None) -> str:
@@ -203,6 +248,12 @@ def targets(py: dict[tuple[str, str], float], std: dict | None, tok: dict | None
         return f"{v / p:.2f}x Python, {v / raw:.2f}x raw: {verdict(ok)}"
 
     lines.append(f"| ping p50 < Python and <= 1.2x raw TCP (same driver's sockets) | {ping(std)} | {ping(tok)} |")
+
+    def kib(doc: dict | None) -> str:
+        v = rs(doc, "memory", "per_client_bytes")
+        return "n/a" if v is None else f"{v / 1024:.1f} KiB: {verdict(v <= 16 * 1024)}"
+
+    lines.append(f"| memory per idle client <= 16 KiB | {kib(std)} | {kib(tok)} |")
 
     def memory(doc: dict | None) -> str:
         p, v = py.get(("memory", "per_client_bytes")), rs(doc, "memory", "per_client_bytes")
@@ -220,8 +271,14 @@ def main() -> int:
     ap.add_argument("--python-log", required=True)
     ap.add_argument("--std-json")
     ap.add_argument("--tokio-json")
+    ap.add_argument("--std-big-json", help="veltix bench --scenario burst with a large --count (std)")
+    ap.add_argument("--tokio-big-json", help="the same on tokio")
     ap.add_argument("--out")
     a = ap.parse_args()
+    if a.std_big_json:
+        BIG["std_big"] = load(a.std_big_json)
+    if a.tokio_big_json:
+        BIG["tokio_big"] = load(a.tokio_big_json)
 
     py_doc = load(a.python_json)
     with open(a.python_log, encoding="utf-8", errors="replace") as f:
@@ -243,7 +300,11 @@ def main() -> int:
         f"{meta.get('warmup')} warm-up pass(es).",
         "",
     ]
-    out = intro + table(py, std, tok) + ["", "Targets (ratios from this one run):", ""] + targets(py, std, tok)
+    big = big_table()
+    out = intro + table(py, std, tok)
+    if big:
+        out += ["", "Large burst (same run, veltix-rs only):", ""] + big
+    out += ["", "Targets (ratios from this one run):", ""] + targets(py, std, tok)
     text = "\n".join(out)
     print(text)
     if a.out:

@@ -9,6 +9,7 @@
 #   --count N       burst messages        (default 10000, Python's --burst-count)
 #   --clients N     stress clients        (default 100,   Python's --stress-clients)
 #   --msgs N        stress msgs/client    (default 100,   Python's --stress-msgs)
+#   --big-count N   veltix-only burst too (default 1000000), against the limit
 #   --keep DIR      keep the raw outputs (JSON, Python's log) in DIR
 #
 # Environment: VENV (default: <repo>/.venv) is the virtualenv holding Python
@@ -19,11 +20,12 @@
 # Steps: build `veltix` in release; run `python -m veltix.benchmark` (memory,
 # latency, burst, stress; its defaults: async socket core, auto engine, one
 # warm-up pass) with --save; run `veltix bench --json` for --driver std and
-# --driver tokio with the same parameters; then bench/compare.py prints ONE
-# table (scenario/metric, Python, std, tokio, raw TCP, ratios rs/Python) and
-# the targets. Python's rates are recomputed to the last arrival: see the
-# docstring of bench/compare.py. Takes about 1.5 minutes once built; run it on
-# a quiet machine (it prints the load average first).
+# --driver tokio with the same parameters, and a burst of --big-count messages
+# on each; then bench/compare.py prints ONE table (scenario/metric, Python,
+# std, tokio, raw TCP, the machine's limit = batched raw TCP, ratios rs/Python
+# and rs/limit) and the targets. Python's rates are recomputed to the last
+# arrival: see the docstring of bench/compare.py. Takes about 2 minutes once
+# built; run it on a quiet machine (it prints the load average first).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -35,6 +37,7 @@ ITERATIONS=50000
 COUNT=10000
 CLIENTS=100
 MSGS=100
+BIG_COUNT=1000000
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,7 +47,8 @@ while [ $# -gt 0 ]; do
     --count) COUNT="$2"; shift 2 ;;
     --clients) CLIENTS="$2"; shift 2 ;;
     --msgs) MSGS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --big-count) BIG_COUNT="$2"; shift 2 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -92,10 +96,14 @@ for driver in std tokio; do
   "$VELTIX" bench --driver "$driver" --json \
     --iterations "$ITERATIONS" --count "$COUNT" --payload 64 \
     --clients "$CLIENTS" --msgs "$MSGS" >"$WORK/$driver.json"
+  echo "==> veltix bench --driver $driver --scenario burst --count $BIG_COUNT" >&2
+  "$VELTIX" bench --driver "$driver" --json --scenario burst \
+    --count "$BIG_COUNT" --payload 64 >"$WORK/$driver-big.json"
 done
 
 echo >&2
 "$PY" "$ROOT/bench/compare.py" \
   --python-json "$WORK/python.json" --python-log "$WORK/python.log" \
   --std-json "$WORK/std.json" --tokio-json "$WORK/tokio.json" \
+  --std-big-json "$WORK/std-big.json" --tokio-big-json "$WORK/tokio-big.json" \
   ${OUT:+--out "$OUT"}

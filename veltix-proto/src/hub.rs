@@ -67,6 +67,14 @@ struct Peer {
     buffered: usize,
 }
 
+fn slot_peer(slots: &mut [Slot], id: PeerId) -> Option<&mut Peer> {
+    let slot = slots.get_mut(id.index as usize)?;
+    if slot.generation != id.generation {
+        return None;
+    }
+    slot.peer.as_deref_mut()
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     generation: u32,
@@ -149,11 +157,7 @@ impl Hub {
     }
 
     fn peer_mut(&mut self, id: PeerId) -> Option<&mut Peer> {
-        let slot = self.slots.get_mut(id.index as usize)?;
-        if slot.generation != id.generation {
-            return None;
-        }
-        slot.peer.as_deref_mut()
+        slot_peer(&mut self.slots, id)
     }
 
     /// The connection settings every peer gets.
@@ -434,45 +438,91 @@ impl Hub {
     /// peer per turn). Taking events lets a peer's decoding resume.
     pub fn poll_event(&mut self) -> Option<(PeerId, HubEvent)> {
         while let Some(id) = self.ready.pop_front() {
-            let Some(p) = self.peer_mut(id) else { continue };
+            let Some(p) = slot_peer(&mut self.slots, id) else {
+                continue;
+            };
             p.queued = false;
             if p.paused && !p.conn.is_finished() {
                 // Dropped from the round; `set_paused(false)` puts it back.
                 continue;
             }
-            let ev = p.conn.poll_event();
-            let out = match ev {
-                None => None,
-                Some(Event::Connected(hello)) => {
-                    p.connected = true;
-                    self.connected += 1;
-                    Some(HubEvent::Connected(hello))
-                }
-                Some(Event::Closed { reason, .. }) => {
-                    let was = std::mem::replace(&mut p.connected, false);
-                    if was {
-                        self.connected -= 1;
-                    }
-                    was.then_some(HubEvent::Disconnected(reason))
-                }
-                Some(e) => match e.routed() {
-                    Routed::Message(f) => Some(HubEvent::Message(f)),
-                    Routed::Completed {
-                        request_id,
-                        outcome,
-                    } => Some(HubEvent::Completed {
-                        request_id,
-                        outcome,
-                    }),
-                    _ => None,
-                },
-            };
+            let out = Self::take_event(p, &mut self.connected);
             self.touch(id);
             if let Some(e) = out {
                 return Some((id, e));
             }
         }
         None
+    }
+
+    /// Like [`poll_event`](Self::poll_event), in batches: appends up to
+    /// `max` events of the next peer in the round to `out` (fewer if it
+    /// has fewer), then moves that peer to the back of the round, as one
+    /// turn. Returns how many were appended (0: no events anywhere). The
+    /// same events, in the same order per peer, as `poll_event` would give;
+    /// the hub's bookkeeping runs once per batch instead of once per event.
+    pub fn poll_events(&mut self, max: usize, out: &mut Vec<(PeerId, HubEvent)>) -> usize {
+        if max == 0 {
+            return 0;
+        }
+        while let Some(id) = self.ready.pop_front() {
+            let Some(p) = slot_peer(&mut self.slots, id) else {
+                continue;
+            };
+            p.queued = false;
+            if p.paused && !p.conn.is_finished() {
+                continue;
+            }
+            let before = out.len();
+            let mut taken = 0;
+            while taken < max {
+                let Some(e) = p.conn.poll_event() else { break };
+                taken += 1;
+                if let Some(e) = Self::map_event(p, &mut self.connected, e) {
+                    out.push((id, e));
+                }
+            }
+            self.touch(id);
+            let n = out.len() - before;
+            if n > 0 {
+                return n;
+            }
+        }
+        0
+    }
+
+    /// Takes one event of `p`'s connection, as the hub reports it.
+    fn take_event(p: &mut Peer, connected: &mut usize) -> Option<HubEvent> {
+        let e = p.conn.poll_event()?;
+        Self::map_event(p, connected, e)
+    }
+
+    fn map_event(p: &mut Peer, connected: &mut usize, ev: Event) -> Option<HubEvent> {
+        match ev {
+            Event::Connected(hello) => {
+                p.connected = true;
+                *connected += 1;
+                Some(HubEvent::Connected(hello))
+            }
+            Event::Closed { reason, .. } => {
+                let was = std::mem::replace(&mut p.connected, false);
+                if was {
+                    *connected -= 1;
+                }
+                was.then_some(HubEvent::Disconnected(reason))
+            }
+            e => match e.routed() {
+                Routed::Message(f) => Some(HubEvent::Message(f)),
+                Routed::Completed {
+                    request_id,
+                    outcome,
+                } => Some(HubEvent::Completed {
+                    request_id,
+                    outcome,
+                }),
+                _ => None,
+            },
+        }
     }
 
     /// When to call `handle_timeout` next (the earliest deadline of any

@@ -145,6 +145,52 @@ fn poll_event_serves_a_flooding_peer_and_a_quiet_one_in_turn() {
 }
 
 #[test]
+fn poll_events_takes_batches_of_one_peer_in_turn_and_matches_poll_event() {
+    let t0 = Instant::now();
+    let mut h = hub(None, 1 << 20);
+    let (flood, _cf) = connect(&mut h, t0);
+    let (quiet, _cq) = connect(&mut h, t0);
+    let _ = events(&mut h);
+    let mut wire = Vec::new();
+    for i in 0..1000u16 {
+        wire.extend(frame(i, b"flood"));
+    }
+    h.handle_input(flood, t0, &wire);
+    let mut quiet_wire = Vec::new();
+    for i in 0..5u16 {
+        quiet_wire.extend(frame(i, b"quiet"));
+    }
+    h.handle_input(quiet, t0, &quiet_wire);
+    let mut out = Vec::new();
+    assert_eq!(h.poll_events(0, &mut out), 0);
+    assert_eq!(h.poll_events(8, &mut out), 8);
+    assert!(out.iter().all(|(p, _)| *p == flood));
+    out.clear();
+    assert_eq!(h.poll_events(8, &mut out), 5, "the quiet peer's turn");
+    assert!(out.iter().all(|(p, _)| *p == quiet));
+    let mut ids: Vec<u16> = Vec::new();
+    let mut total = 8;
+    loop {
+        out.clear();
+        let n = h.poll_events(64, &mut out);
+        if n == 0 {
+            break;
+        }
+        assert!(n <= 64);
+        total += n;
+        for (p, e) in &out {
+            assert_eq!(*p, flood);
+            if let HubEvent::Message(f) = e {
+                ids.push(f.request_id);
+            }
+        }
+    }
+    assert_eq!(total, 1000);
+    assert_eq!(ids, (8..1000).collect::<Vec<u16>>(), "in order");
+    assert!(h.poll_event().is_none());
+}
+
+#[test]
 fn broadcasts_reach_exactly_their_connected_targets() {
     let t0 = Instant::now();
     let mut h = hub(None, 1 << 20);

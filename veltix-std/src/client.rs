@@ -354,7 +354,10 @@ impl Client {
     ) -> Result<u16, Error> {
         let payload = payload.into();
         let timeout = timeout.unwrap_or(self.0.config.request_timeout);
-        let deadline = Instant::now() + timeout;
+        // The clock is read only once the queue turns out full (the wait
+        // starts there): on this VM reading it is a system call, and the
+        // usual send is a short critical section and nothing else.
+        let mut start = None;
         let mut g = self.core();
         loop {
             match g.session.send(t, payload.clone()) {
@@ -363,7 +366,9 @@ impl Client {
                     return Ok(id);
                 }
                 Err(SendError::QueueFull { .. }) => {
-                    if Instant::now() >= deadline {
+                    let now = Instant::now();
+                    let deadline = *start.get_or_insert(now) + timeout;
+                    if now >= deadline {
                         return Err(Error::TimedOut {
                             what: Wait::Send,
                             after: timeout,

@@ -7,7 +7,8 @@
 //!
 //! **Fairness.** A worker runs at most [`JOBS_PER_TURN`] jobs of one mailbox,
 //! then puts the mailbox back at the end of the ready queue: N peers flooding
-//! the server cannot starve the N+1th.
+//! the server cannot starve the N+1th. (When no other mailbox is waiting,
+//! the worker goes on with the same one instead of re-queueing it.)
 //!
 //! **Bounds.** A mailbox counts its queued items in bytes (payload + 64
 //! per item). Posting never blocks: the I/O thread asks [`Mailbox::has_room`]
@@ -332,10 +333,18 @@ fn worker(shared: &PoolShared) {
                 st = shared.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        if mb.run(JOBS_PER_TURN, &shared.panics) {
-            // More queued: back of the line, behind the other peers.
-            lock(&shared.state).ready.push_back(mb);
-            shared.cv.notify_one();
+        while mb.run(JOBS_PER_TURN, &shared.panics) {
+            // More queued: back of the line, behind the other peers. When
+            // no other mailbox waits, the line is just this one: keep
+            // running it without the round trip through the queue and the
+            // wake-up of an idle worker.
+            let mut st = lock(&shared.state);
+            if !st.ready.is_empty() {
+                st.ready.push_back(mb);
+                drop(st);
+                shared.cv.notify_one();
+                break;
+            }
         }
     }
 }

@@ -125,7 +125,12 @@ pub(super) struct IoLoop {
     blocked: HashSet<Token>,
     /// Peers with items in `held`.
     staged: HashSet<PeerId>,
+    /// Reused buffer for `Hub::poll_events`.
+    batch: Vec<(PeerId, HubEvent)>,
 }
+
+/// Events taken from one peer per round-robin turn.
+const EVENT_BATCH: usize = 64;
 
 impl IoLoop {
     pub(super) fn new(
@@ -157,6 +162,7 @@ impl IoLoop {
             dirty: HashSet::new(),
             blocked: HashSet::new(),
             staged: HashSet::new(),
+            batch: Vec::with_capacity(EVENT_BATCH),
         }
     }
 
@@ -496,19 +502,67 @@ impl IoLoop {
         while let Some((peer, ev)) = g.hub.poll_completion() {
             notify |= complete(g, peer, ev);
         }
-        let mut last = None;
-        while let Some((peer, ev)) = g.hub.poll_event() {
-            // Taking events can let the core want input again.
-            if last != Some(peer) {
-                last = Some(peer);
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut run: Vec<Item> = Vec::new();
+        while g.hub.poll_events(EVENT_BATCH, &mut batch) > 0 {
+            // One peer per batch. Taking events can let the core want input again.
+            let peer = batch[0].0;
+            if let Some(&t) = self.by_peer.get(&peer) {
+                self.dirty.insert(t);
+            }
+            for (peer, ev) in batch.drain(..) {
+                if let HubEvent::Message(f) = ev {
+                    // Messages in a row go to the peer's queue together.
+                    run.push(Item::Message(f));
+                    continue;
+                }
+                self.enqueue_run(peer, &mut run);
+                notify |= self.dispatch_one(g, peer, ev);
+            }
+            self.enqueue_run(peer, &mut run);
+        }
+        self.batch = batch;
+        // Staged items move to their mailboxes while there is room (one
+        // lock per peer); finished peers go once everything is handed over.
+        for peer in std::mem::take(&mut self.staged) {
+            let Some(d) = self.dispatch.get_mut(&peer) else {
+                continue;
+            };
+            if d.mailbox.post_while_room(&self.pool, &mut d.held) {
+                if d.closed {
+                    self.dispatch.remove(&peer);
+                }
                 if let Some(&t) = self.by_peer.get(&peer) {
                     self.dirty.insert(t);
                 }
+            } else {
+                self.staged.insert(peer);
             }
+        }
+        notify
+    }
+
+    /// Queues `run` (messages of `peer`, in order) for its handlers.
+    fn enqueue_run(&mut self, peer: PeerId, run: &mut Vec<Item>) {
+        if run.is_empty() {
+            return;
+        }
+        let Some(d) = self.dispatch.get_mut(&peer) else {
+            run.clear();
+            return;
+        };
+        d.held.extend(run.drain(..));
+        self.staged.insert(peer);
+    }
+
+    /// Routes one event other than a message; `true` if a waiter got its outcome.
+    fn dispatch_one(&mut self, g: &mut Core, peer: PeerId, ev: HubEvent) -> bool {
+        let mut notify = false;
+        {
             match ev {
                 HubEvent::Connected(hello) => {
                     let Some(&addr) = g.addrs.get(&peer) else {
-                        continue;
+                        return false;
                     };
                     let handle = Peer {
                         id: peer,
@@ -558,7 +612,7 @@ impl IoLoop {
                 HubEvent::Message(f) => self.enqueue(peer, Item::Message(f)),
                 HubEvent::Disconnected(reason) => {
                     let Some(d) = self.dispatch.get_mut(&peer) else {
-                        continue;
+                        return false;
                     };
                     tracing::debug!(%peer, %reason, "peer disconnected");
                     d.closed = true;
@@ -577,23 +631,6 @@ impl IoLoop {
                 }
                 ev @ HubEvent::Completed { .. } => notify |= complete(g, peer, ev),
                 _ => {}
-            }
-        }
-        // Staged items move to their mailboxes while there is room (one
-        // lock per peer); finished peers go once everything is handed over.
-        for peer in std::mem::take(&mut self.staged) {
-            let Some(d) = self.dispatch.get_mut(&peer) else {
-                continue;
-            };
-            if d.mailbox.post_while_room(&self.pool, &mut d.held) {
-                if d.closed {
-                    self.dispatch.remove(&peer);
-                }
-                if let Some(&t) = self.by_peer.get(&peer) {
-                    self.dirty.insert(t);
-                }
-            } else {
-                self.staged.insert(peer);
             }
         }
         notify

@@ -25,7 +25,7 @@
 //! 9. `disconnect()`: an established connection reports `(true, a, Manual)`
 //!    when it ends and nothing more; anything else gives up without a report;
 //! 10. `connect()` starts a fresh loop: count and budget reset, even after a
-//!    give-up.
+//!     give-up.
 
 #![allow(dead_code)]
 

@@ -191,7 +191,7 @@ pub struct ClientConfig {
     pub retry_seed: Option<u64>,
     /// Default timeout of `send_and_wait` and `ping_server` (default 5 s).
     pub request_timeout: Duration,
-    /// Cap on outbound bytes accepted and not yet written (default 8 MiB).
+    /// Cap on outbound bytes accepted and not yet written (default 4 MiB).
     pub max_outbound: usize,
     /// Close on the first corrupt frame instead of resynchronising (default off).
     pub strict: bool,
@@ -356,7 +356,7 @@ pub struct ServerConfig {
     pub id_window: u16,
     /// Default timeout of `send_and_wait` and `ping_client` (default 5 s).
     pub request_timeout: Duration,
-    /// Cap on outbound bytes accepted and not yet written, per connection (default 8 MiB).
+    /// Cap on outbound bytes accepted and not yet written, per connection (default 4 MiB).
     pub max_outbound: usize,
     /// Close a connection on its first corrupt frame (default off).
     pub strict: bool,

@@ -11,8 +11,10 @@ use crate::handshake::LocalHello;
 /// the **whole** handshake.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default cap on bytes accepted for sending and not yet reported written
-/// (8 MiB): what one peer that stops reading can make us hold.
-pub const DEFAULT_MAX_OUTBOUND: usize = 8 * 1024 * 1024;
+/// (4 MiB): what one peer that stops reading can make us hold. (The
+/// buffers behind those bytes can be up to about twice as large: a payload
+/// echoed without copying keeps its receive buffer alive.)
+pub const DEFAULT_MAX_OUTBOUND: usize = 4 * 1024 * 1024;
 /// Default cap on the bytes of events queued and not yet taken (1 MiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// Default write deadline (30 s): queued output that makes no progress for

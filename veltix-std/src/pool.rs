@@ -240,6 +240,10 @@ impl Mailbox {
 struct PoolState {
     ready: VecDeque<Arc<Mailbox>>,
     stop: bool,
+    /// Workers started (or being started).
+    spawned: usize,
+    /// Workers waiting for a mailbox.
+    idle: usize,
 }
 
 struct PoolShared {
@@ -248,46 +252,63 @@ struct PoolShared {
     panics: AtomicU64,
 }
 
-/// A fixed set of worker threads.
+/// Up to `max` worker threads, started on demand: an idle client or server
+/// holds none, and a thread is added only when work waits and every started
+/// worker is busy.
 pub(crate) struct Pool {
     shared: Arc<PoolShared>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+    max: usize,
+    name: String,
 }
 
 impl Pool {
-    /// Starts `workers` threads (at least one).
+    /// A pool of at most `workers` threads (at least one); none is started yet.
     ///
     /// # Errors
-    /// When a thread cannot be spawned (the ones started are stopped).
+    /// None today (threads start on demand); kept for callers that start
+    /// pools where a failure can be reported.
     pub(crate) fn new(workers: usize, name: &str) -> std::io::Result<Pool> {
         let shared = Arc::new(PoolShared {
             state: Mutex::new(PoolState::default()),
             cv: Condvar::new(),
             panics: AtomicU64::new(0),
         });
-        let pool = Pool {
+        Ok(Pool {
             shared,
-            workers: Mutex::new(Vec::with_capacity(workers)),
-        };
-        for i in 0..workers.max(1) {
-            let s = pool.shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("{name}-worker-{i}"))
-                .spawn(move || worker(&s));
-            match spawned {
-                Ok(h) => lock(&pool.workers).push(h),
-                Err(e) => {
-                    pool.shutdown();
-                    return Err(e);
-                }
-            }
-        }
-        Ok(pool)
+            workers: Mutex::new(Vec::with_capacity(workers.max(1))),
+            max: workers.max(1),
+            name: name.to_owned(),
+        })
     }
 
     fn schedule(&self, mb: Arc<Mailbox>) {
-        lock(&self.shared.state).ready.push_back(mb);
-        self.shared.cv.notify_one();
+        let mut st = lock(&self.shared.state);
+        st.ready.push_back(mb);
+        let grow = st.idle == 0 && st.spawned < self.max && !st.stop;
+        if grow {
+            st.spawned += 1;
+        }
+        drop(st);
+        if !grow {
+            self.shared.cv.notify_one();
+            return;
+        }
+        let s = self.shared.clone();
+        let n = lock(&self.workers).len();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}-worker-{n}", self.name))
+            .spawn(move || worker(&s));
+        match spawned {
+            Ok(h) => lock(&self.workers).push(h),
+            Err(e) => {
+                // The work stays queued for the workers there are; the next
+                // job tries again.
+                lock(&self.shared.state).spawned -= 1;
+                self.shared.cv.notify_one();
+                tracing::error!(error = %e, "cannot start a callback worker");
+            }
+        }
     }
 
     /// Callbacks that panicked so far.
@@ -330,7 +351,9 @@ fn worker(shared: &PoolShared) {
                 if st.stop {
                     return;
                 }
+                st.idle += 1;
                 st = shared.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                st.idle -= 1;
             }
         };
         while mb.run(JOBS_PER_TURN, &shared.panics) {

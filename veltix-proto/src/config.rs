@@ -170,7 +170,7 @@ pub struct ClientConfig {
     /// Server port (default 8080).
     pub port: u16,
     /// Bytes read per `recv` (default 8192, Veltix's). A driver may read more
-    /// per call: `veltix-std` reads at least 64 KiB.
+    /// per call: a busy `veltix-std` connection grows its reads to 64 KiB.
     pub buffer_size: usize,
     /// Largest frame accepted, header included (default 10 MiB).
     pub max_message_size: usize,
@@ -335,7 +335,7 @@ pub struct ServerConfig {
     /// Port (default 8080; 0 picks a free one).
     pub port: u16,
     /// Bytes read per `recv` (default 8192, Veltix's). A driver may read more
-    /// per call: `veltix-std` reads at least 64 KiB.
+    /// per call: a busy `veltix-std` connection grows its reads to 64 KiB.
     pub buffer_size: usize,
     /// Connections allowed at once, handshaking ones included; `None` =
     /// unlimited (Veltix's `-1`, its default). Default here:

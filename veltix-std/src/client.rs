@@ -14,7 +14,6 @@ use veltix_proto::{
     MessageType, PeerHello, Reply, RequestFailure, Router, SendError, Wait,
 };
 
-use crate::io;
 use crate::pool::{lock, wait_until, Mailbox, Pool, MAILBOX_BYTES};
 use crate::server::WAIT_MARGIN;
 
@@ -271,7 +270,7 @@ impl Client {
             mailbox,
             conn: None,
             held: VecDeque::new(),
-            buf: vec![0; self.0.config.buffer_size.max(io::READ_CHUNK)],
+            buf: vec![0; self.0.config.buffer_size],
         };
         let spawned = std::thread::Builder::new()
             .name("veltix-client-io".into())

@@ -165,7 +165,14 @@ impl ClientIo {
                     break;
                 }
                 match r {
-                    Read1::Data(n) => g.session.handle_input(now, &self.buf[..n]),
+                    Read1::Data(n) => {
+                        g.session.handle_input(now, &self.buf[..n]);
+                        if n == self.buf.len() && n < io::READ_CHUNK {
+                            // A busy connection: read 64 KiB at a time from now on
+                            // (an idle client keeps only `buffer_size`).
+                            self.buf.resize(io::READ_CHUNK, 0);
+                        }
+                    }
                     Read1::Eof => {
                         g.session.handle_eof(now);
                         break;

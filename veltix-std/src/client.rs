@@ -15,7 +15,7 @@ use veltix_proto::{
 };
 
 use crate::pool::{lock, wait_until, Mailbox, Pool, MAILBOX_BYTES};
-use crate::server::WAIT_MARGIN;
+use crate::server::{SPIN_BEFORE_PARK, WAIT_MARGIN};
 
 mod io_loop;
 use self::io_loop::ClientIo;
@@ -422,14 +422,23 @@ impl Client {
         Ok(())
     }
 
-    fn wait_outcome(
-        &self,
-        mut g: MutexGuard<'_, Core>,
+    fn wait_outcome<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Core>,
         id: u16,
         what: Wait,
         timeout: Duration,
         deadline: Instant,
     ) -> Result<Reply, Error> {
+        // Poll briefly before parking: a loopback or LAN reply often lands
+        // within tens of microseconds, and waking a parked thread costs
+        // about that much again on a virtual CPU. Bounded, and it yields.
+        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        while !matches!(g.waiting.get(&id), Some(Some(_)) | None) && Instant::now() < spin_until {
+            drop(g);
+            std::thread::yield_now();
+            g = self.core();
+        }
         loop {
             if let Some(Some(_)) = g.waiting.get(&id) {
                 let outcome = g.waiting.remove(&id).flatten().expect("checked");

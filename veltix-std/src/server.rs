@@ -26,6 +26,9 @@ const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
+/// How long a `request`/`ping` caller polls for its outcome before it parks.
+pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+
 /// Extra wait of a blocked `request`/`ping` past its deadline, in case the
 /// I/O thread is late delivering the core's outcome.
 pub(crate) const WAIT_MARGIN: Duration = Duration::from_millis(50);
@@ -369,14 +372,21 @@ impl Server {
         Ok(())
     }
 
-    fn wait_outcome(
-        &self,
-        mut g: MutexGuard<'_, Core>,
+    fn wait_outcome<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Core>,
         key: (PeerId, u16),
         what: Wait,
         timeout: Duration,
         deadline: Instant,
     ) -> Result<Reply, Error> {
+        // Poll briefly before parking (see the client's `wait_outcome`).
+        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+        while !matches!(g.waiting.get(&key), Some(Some(_)) | None) && Instant::now() < spin_until {
+            drop(g);
+            std::thread::yield_now();
+            g = lock(&self.0.core);
+        }
         loop {
             if let Some(Some(_)) = g.waiting.get(&key) {
                 let outcome = g.waiting.remove(&key).flatten().expect("checked");

@@ -108,6 +108,8 @@ pub struct Hub {
     finished: VecDeque<PeerId>,
     now: Option<Instant>,
     stats: HubStats,
+    /// The last peer serial handed out.
+    serial: u32,
 }
 
 impl Hub {
@@ -143,6 +145,7 @@ impl Hub {
             finished: VecDeque::new(),
             now: None,
             stats: HubStats::default(),
+            serial: 0,
         }
     }
 
@@ -289,7 +292,10 @@ impl Hub {
             }
         };
         let slot = &mut self.slots[index as usize];
-        slot.generation = slot.generation.wrapping_add(1);
+        // One serial for the whole hub (1, 2, 3, ...): a reused slot never
+        // gets an id it had before, and the serial is a short number to show.
+        self.serial = self.serial.wrapping_add(1).max(1);
+        slot.generation = self.serial;
         slot.peer = Some(Box::new(Peer {
             conn: Connection::server(self.config.clone(), now),
             tags: Tags::default(),

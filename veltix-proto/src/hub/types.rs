@@ -7,7 +7,8 @@ use crate::event::{CloseReason, Reply, RequestFailure};
 use crate::frame::Frame;
 use crate::handshake::PeerHello;
 
-/// A connection of a [`Hub`](super::Hub): an index and a generation, so an id of a
+/// A connection of a [`Hub`](super::Hub): a slot index and the peer's serial
+/// (1, 2, 3, ... in accept order, one counter per hub), so an id of a
 /// connection that ended never names a later one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId {
@@ -20,15 +21,16 @@ impl PeerId {
     pub fn index(self) -> u32 {
         self.index
     }
-    /// A number unique to this id (index and generation).
+    /// The peer's serial: unique within its hub (1, 2, 3, ... in accept
+    /// order; it wraps only after 2³² connections).
     pub fn as_u64(self) -> u64 {
-        (u64::from(self.generation) << 32) | u64::from(self.index)
+        u64::from(self.generation)
     }
 }
 
 impl std::fmt::Display for PeerId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "peer#{}.{}", self.index, self.generation)
+        write!(f, "peer#{}", self.generation)
     }
 }
 

@@ -94,7 +94,7 @@ struct Shared {
 /// core's [`ClientSession`]; one I/O thread (a `mio` readiness loop) dials
 /// and moves bytes while the client connects or is connected. Messages that
 /// answer no `request` go to the route of their type or to `on_recv`, on a
-/// pool of `max_workers` threads, one at a time and in arrival order.
+/// pool of up to `max_workers` threads (started on demand), one at a time and in arrival order.
 ///
 /// The I/O thread and the pool run while the client connects or is
 /// connected, even if every handle is dropped: end with

@@ -20,7 +20,7 @@
 //!   while it holds unwritten bytes, writes with vectored writes, and drops
 //!   a socket as soon as the core is done with it.
 //! * **Callbacks** (routes, `on_recv`, `on_connect`, `on_disconnect`) run
-//!   on a pool of `max_workers` threads, serially per peer and in arrival
+//!   on a pool of up to `max_workers` threads (started on demand), serially per peer and in arrival
 //!   order (unlike Python veltix, whose pool reorders). A worker serves a
 //!   few jobs of one peer, then the next peer: flooding peers cannot starve
 //!   the others. Each peer's queue is bounded in bytes; while it is full the

@@ -103,7 +103,7 @@ struct Shared {
 /// One I/O thread (a `mio` readiness loop) serves the listener and every
 /// connection; the protocol (admission, handshakes, deadlines, broadcast
 /// targeting, tags) is the core's [`Hub`]. Callbacks run on a pool of
-/// `max_workers` threads, serially per peer and in arrival order.
+/// up to `max_workers` threads (started on demand), serially per peer and in arrival order.
 ///
 /// A started server runs until [`shutdown`](Self::shutdown), even if every
 /// handle is dropped.

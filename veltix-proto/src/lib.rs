@@ -115,6 +115,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod auth;
 pub mod config;
 pub mod correlation;
 pub mod decoder;
@@ -138,8 +139,9 @@ pub mod session;
 #[doc(hidden)]
 pub mod fuzz;
 
+pub use auth::{AuthMethod, ClientAuth, CredentialStore, Identity, MemoryStore, ServerAuth};
 pub use config::Deadlines;
-pub use config::{ClientConfig, ConfigError, ServerConfig};
+pub use config::{ClientConfig, ConfigError, DuplicateIdentity, ServerConfig};
 pub use connection::{
     Connection, ConnectionConfig, ConnectionStats, DEFAULT_BODY_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_OUTBOUND,
@@ -157,7 +159,7 @@ pub use frame::{
     EncodedFrame, Frame, Header, MessageType, PayloadTooLarge, DEFAULT_MAX_MESSAGE_SIZE,
     HEADER_LEN, MAGIC,
 };
-pub use handshake::{HandshakeError, LocalHello, PeerHello, Side};
+pub use handshake::{Capability, HandshakeError, LocalHello, Negotiated, PeerHello, Side};
 pub use hub::HubStats;
 pub use hub::{Broadcast, Hub, HubEvent, PeerId, Target};
 pub use payload::PayloadError;

@@ -332,6 +332,15 @@ impl ClientConfig {
         Arc::new(c)
     }
 
+    /// Seeds the nonce generator of [`auth`](Self::auth), if any (drivers
+    /// call it with 32 bytes from the operating system; only the first seed
+    /// counts).
+    pub fn seed_auth(&self, seed: [u8; 32]) {
+        if let Some(a) = &self.auth {
+            a.seed(seed);
+        }
+    }
+
     /// The reconnect policy (backoff sanitized: factor `>= 1`, jitter in `[0, 1]`).
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
@@ -526,6 +535,15 @@ impl ServerConfig {
             .unwrap_or(usize::MAX)
             .max(1);
         self.max_connection.map(|m| m.min(fit))
+    }
+
+    /// Seeds the nonce generator of [`auth`](Self::auth), if any (drivers
+    /// call it with 32 bytes from the operating system; only the first seed
+    /// counts).
+    pub fn seed_auth(&self, seed: [u8; 32]) {
+        if let Some(a) = &self.auth {
+            a.seed(seed);
+        }
     }
 
     /// The core's connection settings (`id_window` capped at 32 768).

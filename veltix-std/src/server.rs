@@ -147,6 +147,9 @@ impl Server {
     /// [`Error::Config`] for an invalid setting.
     pub fn new(config: ServerConfig) -> Result<Server, Error> {
         config.validate()?;
+        if config.auth.is_some() {
+            config.seed_auth(crate::os_seed()?);
+        }
         let hub = Hub::new(&config);
         Ok(Server(Arc::new(Shared {
             config,

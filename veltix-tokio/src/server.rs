@@ -166,6 +166,9 @@ impl Server {
     /// [`Error::Config`] for a setting out of range.
     pub fn new(config: ServerConfig) -> Result<Server, Error> {
         config.validate()?;
+        if config.auth.is_some() {
+            config.seed_auth(crate::os_seed()?);
+        }
         let hub = Hub::new(&config);
         Ok(Server(Arc::new(Inner {
             workers: tokio::sync::Semaphore::new(config.max_workers),

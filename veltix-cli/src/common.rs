@@ -93,6 +93,9 @@ pub struct ConnectArgs {
     /// Driver to use.
     #[arg(long, value_enum, default_value_t = DriverKind::Std)]
     pub driver: DriverKind,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: crate::auth::ClientAuthArgs,
 }
 
 impl ConnectArgs {
@@ -101,6 +104,7 @@ impl ConnectArgs {
     pub fn connect(&self) -> Result<AnyClient, CliError> {
         let config = ClientConfig::new(self.target.host.clone(), self.target.port)
             .handshake_timeout(self.connect_timeout)
+            .auth(self.auth.client_auth()?)
             .retry(0);
         config
             .validate()

@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
 
+mod auth;
 mod bench;
 mod common;
 mod demo;
@@ -62,6 +63,9 @@ enum Command {
     Demo,
     /// Benchmark scenarios against a loopback server.
     Bench(bench::BenchArgs),
+    /// Print an auth-file line for a user (SCRAM-SHA-256 verifier, random
+    /// salt); the password is read from stdin or --password-env.
+    Passwd(auth::PasswdArgs),
 }
 
 /// Logs to stderr: RUST_LOG when set, else the level chosen with -v; none
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
         Command::Request(args) => message::request(&args),
         Command::Ping(args) => ping::run(&args),
         Command::Demo => demo::run(),
+        Command::Passwd(args) => auth::passwd(&args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

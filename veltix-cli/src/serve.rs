@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Also stop when stdin reaches end of file (for scripts and tests).
     #[arg(long)]
     pub until_stdin_closes: bool,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: crate::auth::ServerAuthArgs,
 }
 
 #[derive(Default)]
@@ -70,8 +73,11 @@ impl Narration {
     fn connected(&self, id: u64, addr: SocketAddr, hello: Option<PeerHello>) {
         self.counters.clients.fetch_add(1, Ordering::Relaxed);
         let hello = hello.map_or_else(String::new, |h| {
+            let who = h
+                .identity()
+                .map_or_else(String::new, |i| format!(" as {i}"));
             format!(
-                " (v={}, pv={})",
+                "{who} (v={}, pv={})",
                 h.version.as_deref().unwrap_or("?"),
                 h.protocol_version
             )
@@ -124,8 +130,11 @@ impl Narration {
     }
 }
 
-fn config(args: &ServeArgs) -> ServerConfig {
+fn config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     let mut config = ServerConfig::new(args.host.clone(), args.port).strict(args.strict);
+    if let Some((auth, rule)) = args.auth.server_auth()? {
+        config = config.auth(Some(auth)).duplicate_identity(rule);
+    }
     if let Some(n) = args.max_connections {
         config = config.max_connection(Some(usize::try_from(n).unwrap_or(usize::MAX)));
     }
@@ -134,7 +143,7 @@ fn config(args: &ServeArgs) -> ServerConfig {
         deadlines.write_timeout = Some(t);
     }
     deadlines.flush_timeout = args.flush_timeout;
-    config.deadlines(deadlines)
+    Ok(config.deadlines(deadlines))
 }
 
 /// Blocks until Ctrl-C, SIGTERM/SIGHUP, or (with `--until-stdin-closes`)
@@ -168,8 +177,13 @@ fn wait_for_stop(args: &ServeArgs) -> Result<(), CliError> {
 }
 
 fn listening(args: &ServeArgs, addr: SocketAddr) {
+    let auth = match (&args.auth.auth_file, args.auth.auth_optional) {
+        (None, _) => "",
+        (Some(_), false) => " (authentication required)",
+        (Some(_), true) => " (authentication offered)",
+    };
     println!(
-        "listening on {addr}{} (driver {})",
+        "listening on {addr}{}{auth} (driver {})",
         if args.echo { " (echo on)" } else { "" },
         args.driver.name()
     );
@@ -181,7 +195,7 @@ fn cannot_listen(args: &ServeArgs) -> impl Fn(Error) -> CliError + '_ {
 
 fn run_std(args: &ServeArgs, n: Arc<Narration>) -> Result<(), CliError> {
     use veltix_std::Server;
-    let server = Server::new(config(args))?;
+    let server = Server::new(config(args)?)?;
     let m = n.clone();
     server.on_connect(move |_, c| m.connected(c.id(), c.addr(), c.hello()));
     let m = n.clone();
@@ -213,7 +227,7 @@ fn run_tokio(args: &ServeArgs, n: Arc<Narration>) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::failure(format!("cannot start the tokio runtime: {e}")))?;
-    let server = Server::new(config(args))?;
+    let server = Server::new(config(args)?)?;
     let m = n.clone();
     server.on_connect(move |_, c| {
         m.connected(c.id(), c.addr(), c.hello());

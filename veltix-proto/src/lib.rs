@@ -13,7 +13,8 @@
 //! |---|---|
 //! | [`frame`] | the 15-byte header, [`Frame`], [`MessageType`], encoding |
 //! | [`decoder`] | stream reassembly with Veltix's resync rules, counted [`Discard`]s |
-//! | [`handshake`] | the JSON handshake state machines, version rule, rejection |
+//! | [`handshake`] | the JSON handshake state machines, version rule, rejection, capability negotiation ([`Capability`], [`Negotiated`]) |
+//! | [`auth`] | authentication in the handshake: SCRAM-SHA-256 and bearer tokens ([`ServerAuth`], [`ClientAuth`], [`CredentialStore`], [`Identity`]); see `SECURITY.md` |
 //! | [`correlation`] | request-id allocation and the pending-request table |
 //! | [`retry`] | reconnect policy: fixed delay (Veltix) or backoff with seeded jitter |
 //! | [`Connection`] | one connection, client or server, in the style of quinn-proto |

@@ -214,3 +214,67 @@ fn a_plain_client_config_connects_to_an_optional_auth_server() {
     assert!(c.is_established());
     assert!(hub.identity(peer).is_none());
 }
+
+/// Every step of an authenticating handshake is under the one handshake
+/// deadline: a side that stops answering after any message is cut at
+/// exactly `handshake_timeout` from the connection's start.
+#[test]
+fn every_step_times_out_under_the_one_deadline() {
+    let t0 = Instant::now();
+    let timeout = veltix_proto::ConnectionConfig::default().handshake_timeout;
+    // The number of messages delivered before the stall (both directions,
+    // in order: server hello, client hello, challenge, client-final, ack).
+    for delivered in 0..4 {
+        let mut server_cfg = server_config(DuplicateIdentity::Allow);
+        server_cfg.handshake_timeout = timeout;
+        let mut hub = Hub::new(&server_cfg);
+        let peer = hub.accept(t0).unwrap();
+        let mut c = Connection::client(
+            client_config(ClientAuth::scram("alice", "pencil")).connection_config(),
+            t0,
+        );
+        let mut n = 0;
+        let mut now = t0;
+        'pump: loop {
+            let mut moved = false;
+            while let Some(b) = hub.poll_transmit(peer) {
+                hub.handle_written(peer, now, b.len());
+                if n == delivered {
+                    break 'pump;
+                }
+                n += 1;
+                c.handle_input(now, &b);
+                moved = true;
+            }
+            while let Some(b) = c.poll_transmit() {
+                c.handle_written(now, b.len());
+                if n == delivered {
+                    break 'pump;
+                }
+                n += 1;
+                hub.handle_input(peer, now, &b);
+                moved = true;
+            }
+            if !moved {
+                break;
+            }
+            now += Duration::from_millis(1);
+        }
+        assert!(!c.is_established(), "step {delivered}");
+        let just_before = t0 + timeout - Duration::from_millis(1);
+        c.handle_timeout(just_before);
+        hub.handle_timeout(just_before);
+        assert!(
+            hub.is_open(peer) && !c.is_closed(),
+            "step {delivered}: cut early"
+        );
+        c.handle_timeout(t0 + timeout);
+        hub.handle_timeout(t0 + timeout);
+        assert_eq!(
+            closed(&mut c),
+            Some(CloseReason::Handshake(HandshakeError::TimedOut)),
+            "step {delivered}"
+        );
+        assert_eq!(hub.poll_finished(), Some(peer), "step {delivered}");
+    }
+}

@@ -449,3 +449,110 @@ fn a_held_peer_waits_for_admission() {
         HandshakeError::IdentityInUse
     );
 }
+
+/// Messages a side sent, in order, when the other side answers everything.
+fn transcript(client: Option<ClientAuth>, server: Option<ServerAuth>) -> (Vec<Bytes>, Vec<Bytes>) {
+    let (mut s, hello) = Handshake::server_with(&py_hello(), Vec::new(), server, false);
+    let (mut c, _) = Handshake::client_with(py_hello(), Vec::new(), client);
+    let mut from_server = vec![hello.clone()];
+    let mut from_client = Vec::new();
+    let mut pending = vec![hello];
+    while !pending.is_empty() {
+        let mut to_server = Vec::new();
+        for b in pending.drain(..) {
+            let _ = c.handle_input(&b, &mut |x| to_server.push(x));
+        }
+        for b in to_server {
+            from_client.push(b.clone());
+            let _ = s.handle_input(&b, &mut |x| {
+                from_server.push(x.clone());
+                pending.push(x);
+            });
+        }
+    }
+    (from_client, from_server)
+}
+
+#[test]
+fn a_replayed_client_final_is_refused() {
+    // One server (one nonce generator), two connections.
+    let sa = server_auth(true);
+    let (client_msgs, server_msgs) = transcript(Some(scram("alice", "pencil")), Some(sa.clone()));
+    assert_eq!(
+        client_msgs.len(),
+        2,
+        "hello (with client-first), client-final"
+    );
+    assert!(body_of(server_msgs.last().unwrap())["result"] == "ok");
+    // An eavesdropper replays both client messages to a new connection: the
+    // server's new nonce makes the recorded proof worthless.
+    let (mut s, _) = Handshake::server_with(&py_hello(), Vec::new(), Some(sa), false);
+    let mut sent = Vec::new();
+    assert_eq!(
+        s.handle_input(&client_msgs[0], &mut |b| sent.push(b))
+            .unwrap(),
+        Progress::NeedMore
+    );
+    assert_ne!(
+        body_of(&sent[0])["auth"],
+        body_of(&server_msgs[1])["auth"],
+        "a fresh challenge"
+    );
+    let r = s.handle_input(&client_msgs[1], &mut |b| sent.push(b));
+    assert_eq!(r.unwrap_err(), HandshakeError::AuthenticationFailed);
+}
+
+/// Removes `meta.caps` (and a top-level `error`) from a hello, as a man in
+/// the middle without TLS could.
+fn strip_caps(b: &Bytes) -> Bytes {
+    let mut v = body_of(b);
+    let o = v.as_object_mut().unwrap();
+    o.remove("error");
+    o.get_mut("meta")
+        .unwrap()
+        .as_object_mut()
+        .unwrap()
+        .remove("caps");
+    encode_object(o)
+}
+
+#[test]
+fn stripping_caps_cannot_downgrade_a_require_policy() {
+    // Stripped from the server's hello: a client that requires the server
+    // to prove itself refuses; the server still requires credentials.
+    let (mut s, hello) =
+        Handshake::server_with(&py_hello(), Vec::new(), Some(server_auth(true)), false);
+    let (mut c, _) = Handshake::client_with(
+        py_hello(),
+        Vec::new(),
+        Some(scram("alice", "pencil").require_server_auth(true)),
+    );
+    let err = c
+        .handle_input(&strip_caps(&hello), &mut |_| {})
+        .unwrap_err();
+    assert_eq!(err, HandshakeError::ServerNotAuthenticated);
+    let (mut c, _) = Handshake::client_with(py_hello(), Vec::new(), Some(scram("alice", "pencil")));
+    let mut to_server = Vec::new();
+    c.handle_input(&strip_caps(&hello), &mut |b| to_server.push(b))
+        .unwrap();
+    assert!(
+        body_of(&to_server[0])["meta"].get("caps").is_none(),
+        "the client fell back to plain"
+    );
+    let err = s.handle_input(&to_server[0], &mut |_| {}).unwrap_err();
+    assert_eq!(
+        err,
+        HandshakeError::AuthenticationRequired,
+        "and the server still refuses"
+    );
+    // Stripped from the client's hello: a requiring server refuses.
+    let (mut s, hello) =
+        Handshake::server_with(&py_hello(), Vec::new(), Some(server_auth(true)), false);
+    let (mut c, _) = Handshake::client_with(py_hello(), Vec::new(), Some(scram("alice", "pencil")));
+    let mut to_server = Vec::new();
+    c.handle_input(&hello, &mut |b| to_server.push(b)).unwrap();
+    let err = s
+        .handle_input(&strip_caps(&to_server[0]), &mut |_| {})
+        .unwrap_err();
+    assert_eq!(err, HandshakeError::AuthenticationRequired);
+}

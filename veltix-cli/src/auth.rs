@@ -26,7 +26,8 @@ use crate::exit::CliError;
 #[derive(Debug, Clone, Default, Args)]
 pub struct ClientAuthArgs {
     /// Authenticate with SCRAM-SHA-256 as this user; the password is read
-    /// from the environment variable named by --password-env.
+    /// from the environment variable named by --password-env, else asked
+    /// for on the terminal (not echoed).
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
     /// Environment variable holding the password for --user.
@@ -49,11 +50,32 @@ fn env_secret(var: &str, what: &str) -> Result<String, CliError> {
     }
 }
 
+/// The secret in `var`, else typed at a terminal prompt without echo.
+fn env_or_prompt(var: &str, prompt: &str, what: &str) -> Result<String, CliError> {
+    use std::io::IsTerminal;
+    if let Ok(v) = std::env::var(var) {
+        if !v.is_empty() {
+            return Ok(v);
+        }
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::usage(format!(
+            "{what}: set the environment variable {var} (no terminal to ask on)"
+        )));
+    }
+    rpassword::prompt_password(prompt)
+        .map_err(|e| CliError::failure(format!("cannot read the password: {e}")))
+}
+
 impl ClientAuthArgs {
     /// The client's authentication settings, if any were asked for.
     pub fn client_auth(&self) -> Result<Option<ClientAuth>, CliError> {
         if let Some(user) = &self.user {
-            let password = env_secret(&self.password_env, "--user needs a password")?;
+            let password = env_or_prompt(
+                &self.password_env,
+                &format!("Password for {user}: "),
+                "--user needs a password",
+            )?;
             return Ok(Some(
                 ClientAuth::scram(user.clone(), password)
                     .require_server_auth(self.require_server_auth),
@@ -82,7 +104,7 @@ pub enum Duplicates {
 pub struct ServerAuthArgs {
     /// Require authentication against the users and tokens of this file
     /// (see `veltix passwd`). Python veltix clients are refused with a reason.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, visible_alias = "users", value_name = "FILE")]
     pub auth_file: Option<PathBuf>,
     /// Offer authentication but let clients without credentials (Python
     /// veltix among them) connect anonymously.
@@ -161,7 +183,8 @@ pub struct PasswdArgs {
     /// the SCRAM minimum; clients accept up to 600 000 by default).
     #[arg(long, default_value_t = MIN_ITERATIONS, value_parser = clap::value_parser!(u32).range(i64::from(MIN_ITERATIONS)..=600_000))]
     pub iterations: u32,
-    /// Environment variable holding the password (default: read one line from stdin).
+    /// Environment variable holding the password (default: asked twice on
+    /// the terminal without echo, or one line read from a non-terminal stdin).
     #[arg(long, value_name = "VAR")]
     pub password_env: Option<String>,
 }
@@ -175,6 +198,16 @@ pub fn passwd(args: &PasswdArgs) -> Result<(), CliError> {
     }
     let password = match &args.password_env {
         Some(var) => env_secret(var, "--password-env")?,
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            let p = rpassword::prompt_password(format!("Password for {}: ", args.user))
+                .map_err(|e| CliError::failure(format!("cannot read the password: {e}")))?;
+            let again = rpassword::prompt_password("Again: ")
+                .map_err(|e| CliError::failure(format!("cannot read the password: {e}")))?;
+            if p != again {
+                return Err(CliError::usage("the passwords differ"));
+            }
+            p
+        }
         None => {
             let mut line = String::new();
             std::io::stdin()

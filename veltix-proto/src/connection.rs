@@ -301,7 +301,7 @@ impl Connection {
                 Ok(_) => return,
                 Err(e) => {
                     tracing::debug!(side = ?self.side, error = %e, "handshake failed");
-                    if self.out.len() > before {
+                    if self.side == Side::Server && self.out.len() > before {
                         // A refusal was queued: send it, then close.
                         self.close_with(CloseReason::Handshake(e));
                     } else {

@@ -152,8 +152,8 @@
 //!    seed and the node's name. ([`Sim::add_server_hub`] and
 //!    [`Sim::add_client_session`] take cores you built yourself.)
 //! 2. **Your code.** Keep the service's logic in plain types that do not
-//!    know about this crate (the `chat` example: `ChatServer::handle(from,
-//!    msg) -> Vec<Action>`), and write thin [`ServerApp`]/[`ClientApp`]
+//!    know about this crate (the `chat` example in `examples/chat/`:
+//!    `ChatServer::handle(conn, msg) -> Vec<Action>`), and write thin [`ServerApp`]/[`ClientApp`]
 //!    adapters that turn core events into calls of that logic and its
 //!    actions into context commands. The same logic then runs under a
 //!    driver in production, and under other simulators.

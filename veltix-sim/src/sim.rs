@@ -195,7 +195,10 @@ impl Sim {
     }
 
     /// Calls `observer` with every trace entry as it is recorded (ground
-    /// truth for a test's books: corruptions, resets, ...).
+    /// truth for a test's books: corruptions, resets, ...). It runs inside
+    /// the simulation, also while an application's method runs (for
+    /// [`ClientCtx::note`]): when it shares state with your applications
+    /// through a `RefCell`, do not hold a borrow across a `note`.
     pub fn observe(&mut self, observer: impl FnMut(&TraceEntry) + 'static) {
         self.log.observer = Some(Box::new(observer));
     }

@@ -73,6 +73,7 @@ mod client;
 mod io;
 mod pool;
 mod server;
+mod transport;
 
 pub use bytes::Bytes;
 pub use client::Client;
@@ -85,6 +86,8 @@ pub use veltix_proto::{
     DisconnectState, Error, Frame, HandshakeError, HubStats, LocalHello, MessageType, PeerHello,
     RetryPolicy, SendError, ServerConfig, Tags, Wait,
 };
+pub use veltix_tls as tls;
+pub use veltix_tls::{ClientTls, ServerTls, TlsError, TlsInfo};
 
 /// The README's code blocks, compiled and run as doctests (`cargo test --doc`).
 #[doc = include_str!("../README.md")]

@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use veltix_proto::{Error, Frame, HubEvent, PeerId, ServerConfig};
 
 use crate::io::{self, Flushed, Output, Read1};
 use crate::pool::{lock, Item, Mailbox, Pool, MAILBOX_BYTES};
+use crate::transport::{Stream, TlsStream, Transport};
 
 use super::peer::Peer;
 use super::{
@@ -52,7 +53,8 @@ pub(super) fn bind(config: &ServerConfig) -> Result<TcpListener, Error> {
 // ------------------------------------------------------------------ I/O loop
 
 struct Sock {
-    stream: TcpStream,
+    /// Plaintext TCP, or TLS over it on a TLS server.
+    stream: Stream,
     peer: PeerId,
     /// Taken from the core, not yet written.
     pending: VecDeque<Bytes>,
@@ -273,7 +275,11 @@ impl IoLoop {
             }
         }
         for t in &self.dirty {
-            if self.socks.get(t).is_some_and(|s| !s.pending.is_empty()) {
+            if self
+                .socks
+                .get(t)
+                .is_some_and(|s| !s.pending.is_empty() || s.stream.wants_write())
+            {
                 to_write.push(*t);
             }
         }
@@ -288,10 +294,12 @@ impl IoLoop {
         // Finished connections: drop their sockets at once.
         while let Some(p) = g.hub.poll_finished() {
             g.addrs.remove(&p);
+            g.tls.remove(&p);
             if let Some(t) = self.by_peer.remove(&p) {
                 if let Some(mut s) = self.socks.remove(&t) {
+                    s.stream.close();
                     if s.interest.is_some() {
-                        let _ = self.poll.registry().deregister(&mut s.stream);
+                        let _ = self.poll.registry().deregister(s.stream.socket());
                     }
                 }
                 self.to_read.remove(&t);
@@ -323,10 +331,10 @@ impl IoLoop {
                 self.blocked.insert(t);
             }
             let read = g.hub.wants_input(s.peer) && free;
-            let want = io::interest(read, !s.pending.is_empty());
+            let want = io::interest(read, io::wants_writable(&s.stream, !s.pending.is_empty()));
             io::set_interest(
                 self.poll.registry(),
-                &mut s.stream,
+                s.stream.socket(),
                 t,
                 &mut s.interest,
                 want,
@@ -370,6 +378,23 @@ impl IoLoop {
                 Ok((mut stream, addr)) => match g.hub.accept(now) {
                     Ok(peer) => {
                         let _ = stream.set_nodelay(true);
+                        // The hub's handshake deadline runs from here: it
+                        // covers the TLS handshake too.
+                        let stream = match &self.shared.tls {
+                            None => Stream::Plain(stream),
+                            Some(tls) => match tls.new_connection() {
+                                Ok(c) => Stream::Tls(Box::new(TlsStream::new(stream, c))),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot start TLS");
+                                    g.hub.handle_transport_error(
+                                        peer,
+                                        now,
+                                        &std::io::Error::other("TLS"),
+                                    );
+                                    continue;
+                                }
+                            },
+                        };
                         let t = Token(self.next_token);
                         self.next_token = self.next_token.wrapping_add(1).max(FIRST_CONN);
                         g.addrs.insert(peer, addr);
@@ -389,8 +414,13 @@ impl IoLoop {
                     }
                     Err(rejection) => {
                         // Best effort, non-blocking: the socket is fresh, the
-                        // rejection small. Then close.
-                        let _ = stream.write(&rejection.bytes);
+                        // rejection small. Then close. (A TLS server closes
+                        // at once: plaintext would read as garbage to a TLS
+                        // client, and a handshake costs more than a refusal
+                        // is worth.)
+                        if self.shared.tls.is_none() {
+                            let _ = stream.write(&rejection.bytes);
+                        }
                         tracing::debug!(%addr, reason = %rejection.reason, "rejected");
                     }
                 },
@@ -462,6 +492,9 @@ impl IoLoop {
                     return;
                 }
                 Read1::Failed(e) => {
+                    if let Some(tls) = veltix_tls::TlsError::in_io(&e) {
+                        tracing::debug!(%peer, error = %tls, "TLS failed");
+                    }
                     g.hub.handle_transport_error(peer, now, &e);
                     break;
                 }
@@ -564,10 +597,20 @@ impl IoLoop {
                     let Some(&addr) = g.addrs.get(&peer) else {
                         return false;
                     };
+                    let tls = self
+                        .by_peer
+                        .get(&peer)
+                        .and_then(|t| self.socks.get(t))
+                        .and_then(|s| s.stream.tls_info())
+                        .map(Arc::new);
+                    if let Some(info) = &tls {
+                        g.tls.insert(peer, info.clone());
+                    }
                     let handle = Peer {
                         id: peer,
                         addr,
                         hello: Some(Arc::new(hello)),
+                        tls,
                         server: Arc::downgrade(&self.shared),
                     };
                     let waker = self.waker.clone();
@@ -657,11 +700,12 @@ impl IoLoop {
         while g.hub.poll_finished().is_some() {}
         for (_, mut s) in self.socks.drain() {
             if s.interest.is_some() {
-                let _ = self.poll.registry().deregister(&mut s.stream);
+                let _ = self.poll.registry().deregister(s.stream.socket());
             }
         }
         self.by_peer.clear();
         g.addrs.clear();
+        g.tls.clear();
         let mut dropped = 0;
         for (_, d) in self.dispatch.drain() {
             dropped += d.mailbox.discard_messages();

@@ -166,8 +166,10 @@ impl Client {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Config`] for an invalid setting.
+    /// [`Error::Config`] for an invalid setting, [`Error::Tls`] when the
+    /// server name is neither a DNS name nor an IP address.
     pub fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Client, Error> {
+        tls.name_for(&config.server_addr)?;
         Self::build(config, Some(tls))
     }
 

@@ -177,6 +177,37 @@ impl From<TlsError> for veltix_proto::Error {
     }
 }
 
+/// Splits an I/O error of a TLS transport into the error to hand the core
+/// (same kind; the core keeps only the kind) and the [`TlsError`] it
+/// carried, if any.
+pub fn split_io_error(e: std::io::Error) -> (std::io::Error, Option<TlsError>) {
+    if TlsError::in_io(&e).is_none() {
+        return (e, None);
+    }
+    let kind = e.kind();
+    let tls = e
+        .into_inner()
+        .and_then(|i| i.downcast::<TlsError>().ok())
+        .map(|b| *b);
+    (std::io::Error::new(kind, "TLS failed"), tls)
+}
+
+/// What a client reports when its session gives up: the session saw the
+/// last attempt's TLS failure as an I/O error kind only
+/// (`Closed(Transport(kind))`), so that error becomes `last_tls`, the
+/// failure itself. Any other error stays.
+pub fn give_up_error(
+    session_error: veltix_proto::Error,
+    last_tls: Option<TlsError>,
+) -> veltix_proto::Error {
+    match (last_tls, session_error) {
+        (Some(tls), veltix_proto::Error::Closed(veltix_proto::CloseReason::Transport(_))) => {
+            tls.into()
+        }
+        (_, e) => e,
+    }
+}
+
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::ReadFile {
         path: path.to_path_buf(),

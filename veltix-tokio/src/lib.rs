@@ -62,10 +62,13 @@ mod client;
 mod dispatch;
 mod io;
 mod server;
+mod tls_io;
 
 pub use bytes::Bytes;
 pub use client::{Client, ClientEvent};
+pub use io::Io;
 pub use serde_json::Value;
+pub use server::Listener;
 pub use server::{ClientInfo, Peer, Server, ServerEvent};
 pub use veltix_proto::payload;
 pub use veltix_proto::retry::{Backoff, RetryPolicy};
@@ -74,6 +77,8 @@ pub use veltix_proto::{
     DisconnectState, Error, Frame, HandshakeError, HubStats, LocalHello, MessageType, PeerHello,
     SendError, ServerConfig, Tags, Wait,
 };
+pub use veltix_tls as tls;
+pub use veltix_tls::{ClientTls, ServerTls, TlsError, TlsInfo};
 
 /// Locks a std mutex, ignoring poisoning (no critical section here can leave
 /// its data half-updated, and user code never runs under a lock).

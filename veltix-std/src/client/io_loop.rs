@@ -66,7 +66,7 @@ pub(super) struct ClientIo {
     pub(super) conn: Option<Conn>,
     /// The TLS failure that ended this transport: the session only sees an
     /// I/O error kind, so its give-up error is replaced by this one.
-    pub(super) tls_failure: Option<(u64, Error)>,
+    pub(super) tls_failure: Option<(u64, veltix_tls::TlsError)>,
     /// Items taken from the core in this pass, not yet in the mailbox (at
     /// most one past the mailbox's cap; the socket is not read while this
     /// is non-empty).
@@ -400,7 +400,7 @@ impl ClientIo {
                     })));
                 }
                 SessionEvent::GaveUp(e) => {
-                    let e = tls_cause(&mut self.tls_failure, e);
+                    let e = veltix_tls::give_up_error(e, self.tls_failure.take().map(|t| t.1));
                     tracing::debug!(error = %e, "gave up connecting");
                     self.enqueue(Item::Job(Box::new(move || client.set_outcome(Err(e)))));
                 }
@@ -440,29 +440,19 @@ impl ClientIo {
     }
 }
 
-/// Keeps the TLS error an I/O error carries (for `tls_cause`) and
-/// returns what the session is told: the same kind, without it.
-fn note_tls(slot: &mut Option<(u64, Error)>, transport: u64, e: std::io::Error) -> std::io::Error {
-    if veltix_tls::TlsError::in_io(&e).is_none() {
-        return e;
+/// Keeps the TLS error an I/O error carries (for the give-up error) and
+/// returns what the session is told.
+fn note_tls(
+    slot: &mut Option<(u64, veltix_tls::TlsError)>,
+    transport: u64,
+    e: std::io::Error,
+) -> std::io::Error {
+    let (e, tls) = veltix_tls::split_io_error(e);
+    if let Some(tls) = tls {
+        tracing::debug!(error = %tls, "TLS failed");
+        *slot = Some((transport, tls));
     }
-    let kind = e.kind();
-    if let Some(inner) = e.into_inner() {
-        if let Ok(tls) = inner.downcast::<veltix_tls::TlsError>() {
-            tracing::debug!(error = %tls, "TLS failed");
-            *slot = Some((transport, Error::Tls(tls)));
-        }
-    }
-    std::io::Error::new(kind, "TLS failed")
-}
-
-/// The session's give-up error, or the TLS failure behind it: the session
-/// reports a transport error of the last attempt as `Closed(Transport)`.
-fn tls_cause(slot: &mut Option<(u64, Error)>, e: Error) -> Error {
-    match (slot.take(), e) {
-        (Some((_, tls)), Error::Closed(veltix_proto::CloseReason::Transport(_))) => tls,
-        (_, e) => e,
-    }
+    e
 }
 
 /// Hands a request's outcome to its waiter; `true` if one was waiting.

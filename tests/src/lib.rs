@@ -663,4 +663,5 @@ pub mod tokio_peers {
 }
 
 pub mod drivers;
+pub mod pki;
 pub mod raw;

@@ -402,7 +402,7 @@ async fn serve<S: Io>(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl, mut stream:
                         match r {
                             Read::Data => st.hub.handle_input(id, now(), buf.data()),
                             Read::Eof => st.hub.handle_eof(id, now()),
-                            Read::Failed(e) => fail(&inner, id, &e),
+                            Read::Failed(e) => fail(&mut st, id, &e),
                         }
                     }
                     // Reading TLS can queue records (tickets, key updates).
@@ -430,7 +430,7 @@ async fn serve<S: Io>(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl, mut stream:
                     ctl.room.notify_waiters();
                 }
                 Ready::Failed(e) => {
-                    fail(&inner, id, &e);
+                    fail(&mut lock(&inner.state), id, &e);
                     out = Bytes::new();
                 }
             },
@@ -444,11 +444,11 @@ async fn serve<S: Io>(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl, mut stream:
 }
 
 /// Reports a stream failure to the hub (TLS failures are logged).
-fn fail(inner: &Inner, id: PeerId, e: &std::io::Error) {
+fn fail(st: &mut State, id: PeerId, e: &std::io::Error) {
     if let Some(tls) = veltix_tls::TlsError::in_io(e) {
         tracing::debug!(peer = %id, error = %tls, "TLS failed");
     }
-    lock(&inner.state).hub.handle_transport_error(id, now(), e);
+    st.hub.handle_transport_error(id, now(), e);
 }
 
 pub(super) async fn bind(config: &ServerConfig) -> Result<TcpListener, Error> {

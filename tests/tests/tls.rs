@@ -9,7 +9,8 @@
 //! * mutual TLS: the client certificate's identity on the server's peer;
 //! * failures, each a typed error within a bound, never a hang: unknown
 //!   CA, wrong server name, expired certificate, TLS client to a plaintext
-//!   server, plaintext client to a TLS server, missing client certificate;
+//!   server, plaintext client to a TLS server (rejected `tls_required`),
+//!   missing client certificate;
 //! * peers that stall in the TLS handshake are cut at the handshake
 //!   deadline while another client is served.
 
@@ -20,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use rustls::{AlertDescription, CertificateError, ProtocolVersion};
-use veltix_proto::{ClientConfig, Error, HandshakeError, MessageType, ServerConfig, Wait};
+use veltix_proto::{ClientConfig, Error, MessageType, ServerConfig};
 use veltix_tests::drivers::{ClientApi, Driver, PeerApi, ServerApi};
 use veltix_tests::pki::{self, Pki, SERVER_CN};
 use veltix_tls::{ClientTls, ServerTls, TlsError};
@@ -66,7 +67,7 @@ both!(
     wrong_server_name_is_a_typed_error,
     expired_certificate_is_a_typed_error,
     tls_client_to_plaintext_server_is_a_typed_error,
-    plaintext_client_to_tls_server_ends_typed,
+    plaintext_client_to_tls_server_is_rejected_tls_required,
     missing_client_certificate_is_a_typed_error,
     stalled_tls_handshakes_are_cut_while_others_are_served,
 );
@@ -306,34 +307,30 @@ fn tls_client_to_plaintext_server_is_a_typed_error<D: Driver>() {
 }
 
 /// A plaintext client waits for the server's hello, which a TLS server
-/// never sends in plaintext (it waits for a ClientHello): the client ends
-/// at a deadline with a typed handshake error, never hangs, and the server
-/// cuts the connection at its own handshake deadline.
-fn plaintext_client_to_tls_server_ends_typed<D: Driver>() {
+/// never sends in plaintext (it waits for a ClientHello): the server takes
+/// a peer silent for half its handshake deadline for a plaintext Veltix
+/// client and answers a plaintext rejection, `tls_required`.
+fn plaintext_client_to_tls_server_is_rejected_tls_required<D: Driver>() {
     let pki = Pki::new("Veltix test CA");
     let server = start_tls::<D>(
-        local().handshake_timeout(Duration::from_millis(600)),
+        local().handshake_timeout(Duration::from_secs(1)),
         pki.server_tls(),
     );
     let port = port(&server);
     let (r, took) = timed("plain connect", Duration::from_secs(15), move || {
         let c = D::client(
-            ClientConfig::new("127.0.0.1", port).handshake_timeout(Duration::from_secs(2)),
+            ClientConfig::new("127.0.0.1", port).handshake_timeout(Duration::from_secs(3)),
         )?;
         c.connect()
     });
     match r {
-        // The server's deadline came first: it closed the connection.
-        Err(Error::Handshake(HandshakeError::PeerClosed)) => {
-            assert!(took >= Duration::from_millis(500), "took {took:?}")
-        }
-        Err(Error::TimedOut {
-            what: Wait::Handshake,
-            ..
-        }) => {}
-        other => panic!("expected a handshake error, got {other:?}"),
+        Err(Error::Rejected(reason)) => assert_eq!(reason, veltix_tls::TLS_REQUIRED),
+        other => panic!("expected Rejected(tls_required), got {other:?}"),
     }
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+        "took {took:?} (probe at 500 ms)"
+    );
     assert!(server.clients().is_empty());
     server.shutdown(Duration::from_secs(1));
 }
@@ -372,8 +369,9 @@ fn missing_client_certificate_is_a_typed_error<D: Driver>() {
 }
 
 /// Raw TCP peers that send nothing, or half a ClientHello, then stall: the
-/// server cuts each at its handshake deadline, and serves a TLS client in
-/// the meantime.
+/// server answers the silent ones `tls_required` at half its handshake
+/// deadline and cuts the others at the deadline, and serves a TLS client
+/// in the meantime.
 fn stalled_tls_handshakes_are_cut_while_others_are_served<D: Driver>() {
     let pki = Pki::new("Veltix test CA");
     let deadline = Duration::from_millis(800);
@@ -391,7 +389,7 @@ fn stalled_tls_handshakes_are_cut_while_others_are_served<D: Driver>() {
             .expect("timeout");
         stalled.push(s);
     }
-    // Served meanwhile.
+    // Served meanwhile (before the silent ones are answered).
     let (client, _) = connect_tls::<D>(addr.port(), pki.client_tls(), Duration::from_secs(5));
     let client = client.expect("a TLS client is served while others stall");
     assert_eq!(
@@ -403,22 +401,33 @@ fn stalled_tls_handshakes_are_cut_while_others_are_served<D: Driver>() {
         "ok"
     );
     assert!(
-        t0.elapsed() < deadline,
+        t0.elapsed() < deadline / 2,
         "the TLS client was served only after {:?}",
         t0.elapsed()
     );
+    let rejection = veltix_tls::tls_required_rejection();
     for (i, mut s) in stalled.into_iter().enumerate() {
-        let mut buf = [0u8; 64];
-        let r = s.read(&mut buf);
+        let silent = i % 2 == 0;
+        let mut got = Vec::new();
+        let r = s.read_to_end(&mut got);
         let took = t0.elapsed();
         match r {
-            Ok(0) => {}
+            Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("stalled peer {i}: expected the server to close, got {other:?}"),
+            Err(e) => panic!("stalled peer {i}: expected the server to close, got {e}"),
         }
+        let (expected, at) = if silent {
+            (&rejection[..], deadline / 2)
+        } else {
+            (&[][..], deadline)
+        };
+        assert_eq!(
+            got, expected,
+            "stalled peer {i} (silent: {silent}) received"
+        );
         assert!(
-            took >= deadline - Duration::from_millis(100) && took < Duration::from_secs(3),
-            "stalled peer {i} cut after {took:?} (deadline {deadline:?})"
+            took >= at - Duration::from_millis(100) && took < Duration::from_secs(3),
+            "stalled peer {i} (silent: {silent}) cut after {took:?}, expected ~{at:?}"
         );
     }
     assert_eq!(server.clients().len(), 1, "only the TLS client");

@@ -42,6 +42,11 @@ pub(crate) trait Transport {
     fn tls_info(&self) -> Option<TlsInfo>;
     /// The socket, for registration and addresses.
     fn socket(&mut self) -> &mut TcpStream;
+    /// TLS: nothing came from the peer yet (no byte read, none waiting in
+    /// the socket). Plaintext: never asked, `false`.
+    fn silent(&mut self) -> bool {
+        false
+    }
 }
 
 impl Transport for TcpStream {
@@ -75,6 +80,8 @@ pub(crate) struct TlsStream {
     conn: rustls::Connection,
     /// The socket reached its end.
     eof: bool,
+    /// Some bytes came from the peer.
+    heard: bool,
     /// A TLS failure was reported once: later calls fail without touching rustls.
     failed: bool,
 }
@@ -85,6 +92,7 @@ impl TlsStream {
             sock,
             conn: conn.into(),
             eof: false,
+            heard: false,
             failed: false,
         }
     }
@@ -103,7 +111,7 @@ impl TlsStream {
                     return Err(self.fail(TlsError::HandshakeEof));
                 }
             }
-            Ok(_) => {}
+            Ok(_) => self.heard = true,
             Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
             Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(true),
             Err(e) => return Err(e),
@@ -204,6 +212,14 @@ impl Transport for TlsStream {
     fn socket(&mut self) -> &mut TcpStream {
         &mut self.sock
     }
+
+    fn silent(&mut self) -> bool {
+        if self.heard || self.eof || self.failed {
+            return false;
+        }
+        let mut one = [0u8; 1];
+        matches!(self.sock.peek(&mut one), Err(e) if e.kind() == ErrorKind::WouldBlock)
+    }
 }
 
 /// A connection's stream: plaintext or TLS.
@@ -251,5 +267,8 @@ impl Transport for Stream {
     }
     fn socket(&mut self) -> &mut TcpStream {
         self.inner_mut().socket()
+    }
+    fn silent(&mut self) -> bool {
+        self.inner_mut().silent()
     }
 }

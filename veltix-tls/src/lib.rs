@@ -64,6 +64,27 @@ compile_error!(
 /// The ALPN protocol name clients offer and servers accept (never required).
 pub const ALPN: &[u8] = b"veltix/1";
 
+/// The reason of the plaintext Veltix rejection a TLS server sends a peer
+/// that said nothing for [`plaintext_probe_delay`]: a plaintext Veltix
+/// client (it waits for the server's hello, which a TLS server never sends
+/// in plaintext). Such a client, Python veltix included, then reports a
+/// rejection naming TLS instead of waiting for its handshake deadline.
+pub const TLS_REQUIRED: &str = "tls_required";
+
+/// How long a TLS server waits for the first byte of a connection before
+/// it takes the peer for a plaintext Veltix client and answers
+/// [`TLS_REQUIRED`]: half the handshake deadline. A TLS client sends its
+/// ClientHello as soon as TCP connects, so it is never taken for one
+/// unless its first bytes take that long to arrive.
+pub fn plaintext_probe_delay(handshake_timeout: std::time::Duration) -> std::time::Duration {
+    handshake_timeout / 2
+}
+
+/// The plaintext `{"error": "tls_required"}` handshake message (see [`TLS_REQUIRED`]).
+pub fn tls_required_rejection() -> Vec<u8> {
+    veltix_proto::handshake::encode_rejection(TLS_REQUIRED).to_vec()
+}
+
 /// The crypto provider every config of this crate is built with: aws-lc-rs
 /// when the `aws-lc-rs` feature is on, else ring. Passed explicitly to
 /// rustls (`builder_with_provider`): the process-wide default provider is
@@ -123,6 +144,10 @@ pub enum TlsError {
     /// A TLS error after the handshake (a corrupt record, an alert).
     #[error("TLS error: {0}")]
     Protocol(rustls::Error),
+    /// (Server side) the peer sent nothing for [`plaintext_probe_delay`]:
+    /// taken for a plaintext client and answered [`TLS_REQUIRED`].
+    #[error("the peer sent nothing: taken for a plaintext client (answered tls_required)")]
+    PlaintextPeer,
 }
 
 impl TlsError {

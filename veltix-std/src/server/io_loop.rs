@@ -3,7 +3,8 @@
 //! [`Hub`], fires its deadlines, and routes its events to waiters and to the
 //! mailboxes of the worker pool.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -129,6 +130,9 @@ pub(super) struct IoLoop {
     staged: HashSet<PeerId>,
     /// Reused buffer for `Hub::poll_events`.
     batch: Vec<(PeerId, HubEvent)>,
+    /// TLS connections to check for silence (a plaintext Veltix client
+    /// waiting for our hello), earliest first.
+    probes: BinaryHeap<Reverse<(Instant, Token)>>,
 }
 
 /// Events taken from one peer per round-robin turn.
@@ -165,6 +169,7 @@ impl IoLoop {
             blocked: HashSet::new(),
             staged: HashSet::new(),
             batch: Vec::with_capacity(EVENT_BATCH),
+            probes: BinaryHeap::new(),
         }
     }
 
@@ -249,6 +254,7 @@ impl IoLoop {
         if self.accept_ready && self.listener.is_some() && self.paused_until.is_none() {
             self.accept(&mut g, now);
         }
+        self.probe(&mut g, now);
 
         // Read (the lock is released around each read).
         drop(g);
@@ -350,6 +356,9 @@ impl IoLoop {
         if let Some(p) = self.paused_until {
             deadline = Some(deadline.map_or(p, |d| d.min(p)));
         }
+        if let Some(Reverse((p, _))) = self.probes.peek() {
+            deadline = Some(deadline.map_or(*p, |d| d.min(*p)));
+        }
         if let Phase::Stopping { until } = g.phase {
             deadline = Some(deadline.map_or(until, |d| d.min(until)));
         }
@@ -378,12 +387,19 @@ impl IoLoop {
                 Ok((mut stream, addr)) => match g.hub.accept(now) {
                     Ok(peer) => {
                         let _ = stream.set_nodelay(true);
+                        let t = Token(self.next_token);
                         // The hub's handshake deadline runs from here: it
                         // covers the TLS handshake too.
                         let stream = match &self.shared.tls {
                             None => Stream::Plain(stream),
                             Some(tls) => match tls.new_connection() {
-                                Ok(c) => Stream::Tls(Box::new(TlsStream::new(stream, c))),
+                                Ok(c) => {
+                                    let probe = veltix_tls::plaintext_probe_delay(
+                                        self.shared.config.handshake_timeout,
+                                    );
+                                    self.probes.push(Reverse((now + probe, t)));
+                                    Stream::Tls(Box::new(TlsStream::new(stream, c)))
+                                }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "cannot start TLS");
                                     g.hub.handle_transport_error(
@@ -395,7 +411,6 @@ impl IoLoop {
                                 }
                             },
                         };
-                        let t = Token(self.next_token);
                         self.next_token = self.next_token.wrapping_add(1).max(FIRST_CONN);
                         g.addrs.insert(peer, addr);
                         self.by_peer.insert(peer, t);
@@ -460,6 +475,34 @@ impl IoLoop {
             }
         }
         // More may be waiting: `accept_ready` stays set.
+    }
+
+    /// TLS connections that said nothing for the probe delay: plaintext
+    /// Veltix clients waiting for our hello. They get a plaintext
+    /// `tls_required` rejection (best effort) and are closed.
+    fn probe(&mut self, g: &mut Core, now: Instant) {
+        while let Some(&Reverse((at, t))) = self.probes.peek() {
+            if at > now {
+                return;
+            }
+            self.probes.pop();
+            let Some(s) = self.socks.get_mut(&t) else {
+                continue;
+            };
+            if g.hub.is_open(s.peer) && s.stream.silent() {
+                let _ = s
+                    .stream
+                    .socket()
+                    .write(&veltix_tls::tls_required_rejection());
+                tracing::debug!(peer = %s.peer, "silent peer on a TLS server: answered tls_required");
+                g.hub.handle_transport_error(
+                    s.peer,
+                    now,
+                    &veltix_tls::TlsError::PlaintextPeer.into_io(),
+                );
+                self.dirty.insert(t);
+            }
+        }
     }
 
     pub(super) fn read(&mut self, shared: &Shared, t: Token, now: Instant) {

@@ -16,6 +16,7 @@ use veltix_tls::TlsInfo;
 
 use crate::dispatch::{Catch, Mailbox, EVENT_OVERHEAD};
 use crate::io::{self, Io, Read, ReadBuf, Ready, Timer, WRITE_TURN};
+use crate::tls_io::Prefixed;
 use crate::{lock, now};
 
 use super::peer::Peer;
@@ -271,6 +272,9 @@ async fn conn_task<S: Io>(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stre
     match inner.tls.clone() {
         None => drop(serve(&inner, id, &ctl, stream).await),
         Some(acceptor) => {
+            let Some(stream) = first_bytes(&inner, id, &ctl, stream).await else {
+                return finish(&inner, id, &ctl);
+            };
             if let Some(tls) = tls_handshake(&inner, id, &ctl, acceptor.accept(stream)).await {
                 let mut tls = serve(&inner, id, &ctl, tls).await;
                 // `close_notify`, best effort, without waiting.
@@ -279,15 +283,86 @@ async fn conn_task<S: Io>(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stre
             }
         }
     }
+    finish(&inner, id, &ctl);
+}
+
+/// The end of a connection task: its state goes (the peer's too, once the
+/// hub forgot it).
+fn finish(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl) {
     ctl.room.notify_waiters();
     let mut st = lock(&inner.state);
-    st.pump(&inner, Some(id), false);
+    st.pump(inner, Some(id), false);
     let gone = st.hub.tags(id).is_none();
     if let Some(info) = st.peers.get_mut(&id) {
         info.ctl = None;
         info.task = None;
         if gone {
             st.peers.remove(&id);
+        }
+    }
+}
+
+/// Waits for the first bytes of a connection to a TLS server, within the
+/// hub's handshake deadline. A peer silent for the probe delay is a
+/// plaintext Veltix client waiting for our hello: it gets a plaintext
+/// `tls_required` rejection and is closed (`None`). The bytes read are
+/// handed on with the stream.
+async fn first_bytes<S: Io>(
+    inner: &Arc<Inner>,
+    id: PeerId,
+    ctl: &ConnCtl,
+    mut stream: S,
+) -> Option<Prefixed<S>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = tokio::time::sleep(veltix_tls::plaintext_probe_delay(
+        inner.config.handshake_timeout,
+    ));
+    tokio::pin!(probe);
+    let mut timer = Timer::new();
+    let mut first = vec![0u8; 4096];
+    loop {
+        {
+            let mut st = lock(&inner.state);
+            st.pump(inner, Some(id), false);
+            if !st.hub.is_open(id) {
+                return None;
+            }
+            timer.set(st.hub.peer_timeout(id));
+        }
+        tokio::select! {
+            r = stream.read(&mut first) => {
+                let mut st = lock(&inner.state);
+                return match r {
+                    Ok(0) => {
+                        st.hub.handle_eof(id, now());
+                        None
+                    }
+                    Ok(n) => {
+                        first.truncate(n);
+                        Some(Prefixed::new(first, stream))
+                    }
+                    Err(e) => {
+                        st.hub.handle_transport_error(id, now(), &e);
+                        None
+                    }
+                };
+            }
+            () = &mut probe => {
+                let rejection = veltix_tls::tls_required_rejection();
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    stream.write_all(&rejection),
+                )
+                .await;
+                tracing::debug!(peer = %id, "silent peer on a TLS server: answered tls_required");
+                let e = veltix_tls::TlsError::PlaintextPeer.into_io();
+                lock(&inner.state).hub.handle_transport_error(id, now(), &e);
+                return None;
+            }
+            () = timer.fired(), if timer.is_armed() => {
+                lock(&inner.state).hub.handle_peer_timeout(id, now());
+            }
+            () = ctl.wake.notified() => {}
         }
     }
 }

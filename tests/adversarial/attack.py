@@ -802,6 +802,163 @@ def attack_shutdown_nonreader(ctx):
     return res
 
 
+def _auth_file() -> str:
+    """A throwaway auth file: one SCRAM user (verifier made here with
+    hashlib, as `veltix passwd` would) and one token."""
+    import base64
+    import hashlib
+    import hmac as hmac_
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", b"correct horse", salt, 4096)
+    client_key = hmac_.new(salted, b"Client Key", "sha256").digest()
+    stored = hashlib.sha256(client_key).digest()
+    server = hmac_.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    fd, path = tempfile.mkstemp(prefix="veltix-adv-auth-", suffix=".txt")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"user alice SCRAM-SHA-256$4096:{b64(salt)}${b64(stored)}:{b64(server)}\n")
+        f.write("token bot tok_adversarial_0123456789\n")
+    return path
+
+
+def attack_auth_abuse(ctx):
+    """9. Authentication abuse: 200 connections start SCRAM and never answer
+    the challenge, while 8 attackers loop wrong passwords, unknown users and
+    bad tokens (authentication offered, so the plain legit client is served)."""
+    res = Result("auth_abuse")
+    d = ctx.dur(10, 8)
+    path = _auth_file()
+
+    def body(srv, res, lg):
+        st = Worker("scram_stall", srv.port, conns=200, duration=d)
+        gs = Worker("auth_guess", srv.port, threads=8, duration=d)
+        res.check(st.expect("ready", 30) is not None, "stallers could not connect")
+        g = gs.expect("done", d + 30) or {}
+        s = st.expect("done", d + 30) or {}
+        st.finish()
+        gs.finish()
+        res.fig("guesses", g.get("attempts"))
+        res.fig("accepted", g.get("accepted"))
+        res.fig("stalled", s.get("connected"))
+        res.fig("cut_max", s.get("cut_max"), "{:.1f}s")
+        res.check((g.get("attempts") or 0) > 50, f"only {g.get('attempts')} guesses were answered")
+        res.check(g.get("accepted") == 0, f"{g.get('accepted')} wrong credentials were accepted")
+        res.check(g.get("other") == 0, f"{g.get('other')} answers were not authentication_failed: {g.get('first_other')}")
+        res.check(s.get("cut") == s.get("connected"), f"{(s.get('connected') or 0) - (s.get('cut') or 0)} stalled exchanges still open")
+        res.check((s.get("cut_max") or 99) <= 7.0, "a stalled SCRAM exchange outlived the 5 s handshake deadline by >2 s")
+
+    try:
+        session(ctx, res, body, extra=["--auth-file", path, "--auth-optional"], reconnect_every=1.0)
+    finally:
+        os.unlink(path)
+    return res
+
+
+def _hs(obj: dict) -> bytes:
+    body = json.dumps(obj).encode()
+    return struct.pack(">H", len(body)) + body
+
+
+def _scram_hello(user: str, nonce: str) -> bytes:
+    return _hs({"v": "0.0.0.adversarial", "pv": "1.0", "meta": {"caps": {"rs.auth": {
+        "v": 1, "mech": "SCRAM-SHA-256", "first": f"n,,n={user},r={nonce}"}}}})
+
+
+def worker_scram_stall(port, conns, duration):
+    raise_nofile()
+    socks, t_conn = {}, {}
+    for i in range(conns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(3.0)
+        try:
+            s.connect((HOST, port))
+            deadline = time.monotonic() + 3
+            read_hs(s, deadline)
+            s.sendall(_scram_hello("alice" if i % 2 else f"ghost{i}", f"n{i}x{random.getrandbits(64)}"))
+            read_hs(s, deadline)  # the challenge; never answered
+        except OSError:
+            s.close()
+            continue
+        s.setblocking(False)
+        socks[s.fileno()] = s
+        t_conn[s.fileno()] = time.monotonic()
+    n = len(socks)
+    say("ready", connected=n)
+    cut = []
+    end = time.monotonic() + duration
+    while socks and time.monotonic() < end:
+        r, _, _ = select.select(list(socks.values()), [], [], 0.1)
+        for s in r:
+            try:
+                data = s.recv(4096)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                fd = s.fileno()
+                cut.append(time.monotonic() - t_conn[fd])
+                socks.pop(fd).close()
+    for s in socks.values():
+        s.close()
+    say("done", connected=n, cut=len(cut), cut_max=max(cut, default=None))
+
+
+def worker_auth_guess(port, threads, duration):
+    counts = {"attempts": 0, "accepted": 0, "other": 0}
+    first_other = []
+    lock = threading.Lock()
+    end = time.monotonic() + duration
+
+    def one(i: int, k: int) -> dict:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(3.0)
+        try:
+            s.connect((HOST, port))
+            deadline = time.monotonic() + 3
+            read_hs(s, deadline)
+            if k % 3 == 2:
+                s.sendall(_hs({"v": "x", "pv": "1.0", "meta": {"caps": {"rs.auth": {
+                    "v": 1, "mech": "BEARER", "token": f"tok_guess_{random.getrandbits(64)}"}}}}))
+                return read_hs(s, deadline)
+            user = "alice" if k % 3 == 0 else f"nobody{i}"
+            nonce = f"g{random.getrandbits(64)}"
+            s.sendall(_scram_hello(user, nonce))
+            ch = read_hs(s, deadline)
+            if "auth" not in ch:
+                return ch
+            r = ch["auth"].split(",")[0][2:]
+            proof = __import__("base64").b64encode(os.urandom(32)).decode()
+            s.sendall(_hs({"auth": f"c=biws,r={r},p={proof}"}))
+            return read_hs(s, deadline)
+        finally:
+            s.close()
+
+    def loop(i):
+        k = 0
+        while time.monotonic() < end:
+            try:
+                ans = one(i, k)
+            except Exception as e:  # noqa: BLE001
+                ans = {"exception": f"{type(e).__name__}: {e}"}
+            k += 1
+            with lock:
+                counts["attempts"] += 1
+                if ans.get("result") == "ok":
+                    counts["accepted"] += 1
+                elif ans.get("error") != "authentication_failed":
+                    counts["other"] += 1
+                    if not first_other:
+                        first_other.append(ans)
+
+    ts = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(duration + 10)
+    say("done", first_other=(first_other or [None])[0], **counts)
+
+
 ATTACKS = [
     ("nonreader_echo", attack_nonreader_echo),
     ("nonreader_ping", attack_nonreader_ping),
@@ -813,6 +970,7 @@ ATTACKS = [
     ("slowloris", attack_slowloris),
     ("tls_handshake_stall", attack_tls_handshake_stall),
     ("shutdown_nonreader", attack_shutdown_nonreader),
+    ("auth_abuse", attack_auth_abuse),
 ]
 
 
@@ -1163,6 +1321,8 @@ WORKERS = {
     "fdx": worker_fdx,
     "starve": worker_starve,
     "slowloris": worker_slowloris,
+    "scram_stall": worker_scram_stall,
+    "auth_guess": worker_auth_guess,
     "tlsstall": worker_tlsstall,
 }
 

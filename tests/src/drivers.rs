@@ -23,8 +23,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use veltix_proto::{
-    ClientConfig, ConnectionStats, DisconnectState, Error, Frame, HubStats, MessageType, PeerHello,
-    ServerConfig, Tags,
+    ClientConfig, ConnectionStats, DisconnectState, Error, Frame, HubStats, Identity, MessageType,
+    PeerHello, ServerConfig, Tags,
 };
 
 use bytes::Bytes;
@@ -77,6 +77,8 @@ pub trait PeerApi: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static {
     fn handshake_done(&self) -> bool;
     /// `peer.hello()`.
     fn hello(&self) -> Option<PeerHello>;
+    /// `peer.identity()`.
+    fn identity(&self) -> Option<Identity>;
     /// `peer.stats()`.
     fn stats(&self) -> Option<ConnectionStats>;
     /// `peer.add_tag(name, value)`.
@@ -263,6 +265,8 @@ pub trait ClientApi: Clone + Send + Sync + Sized + 'static {
     fn wait_closed(&self);
     /// `client.server_hello()`.
     fn server_hello(&self) -> Option<PeerHello>;
+    /// `client.identity()`.
+    fn identity(&self) -> Option<Identity>;
     /// `client.peer_addr()`.
     fn peer_addr(&self) -> Option<SocketAddr>;
     /// `client.local_addr()`.
@@ -295,6 +299,9 @@ macro_rules! peer_api {
             }
             fn hello(&self) -> Option<PeerHello> {
                 <$t>::hello(self)
+            }
+            fn identity(&self) -> Option<Identity> {
+                <$t>::identity(self)
             }
             fn stats(&self) -> Option<ConnectionStats> {
                 <$t>::stats(self)
@@ -553,6 +560,9 @@ impl ClientApi for veltix_std::Client {
     }
     fn server_hello(&self) -> Option<PeerHello> {
         veltix_std::Client::server_hello(self)
+    }
+    fn identity(&self) -> Option<Identity> {
+        veltix_std::Client::identity(self)
     }
     fn peer_addr(&self) -> Option<SocketAddr> {
         veltix_std::Client::peer_addr(self)
@@ -868,6 +878,9 @@ impl ClientApi for TokioClient {
     }
     fn server_hello(&self) -> Option<PeerHello> {
         self.0.server_hello()
+    }
+    fn identity(&self) -> Option<Identity> {
+        self.0.identity()
     }
     fn peer_addr(&self) -> Option<SocketAddr> {
         self.0.peer_addr()

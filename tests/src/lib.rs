@@ -665,3 +665,27 @@ pub mod tokio_peers {
 pub mod drivers;
 pub mod pki;
 pub mod raw;
+
+/// `config` with negotiation on: a capability offered and authentication
+/// offered (not required), as a veltix-rs server would run next to Python
+/// clients. Python veltix 3.3.0 ignores `meta.caps`, so every interop test
+/// must pass unchanged with it.
+pub fn negotiating_server(config: veltix_proto::ServerConfig) -> veltix_proto::ServerConfig {
+    use veltix_proto::auth::{MemoryStore, ScramCredential, ServerAuth};
+    let users = MemoryStore::new();
+    users.insert_user(
+        "interop",
+        ScramCredential::derive("interop", b"interop-salt-16b", 4096),
+    );
+    config
+        .capabilities(vec![veltix_proto::Capability::new("interop.test", 1..=2)])
+        .auth(Some(ServerAuth::new(users).required(false)))
+}
+
+/// `config` with negotiation on: a capability wanted and SCRAM credentials
+/// that a plain (Python) server never asks for.
+pub fn negotiating_client(config: veltix_proto::ClientConfig) -> veltix_proto::ClientConfig {
+    config
+        .capabilities(vec![veltix_proto::Capability::new("interop.test", 1..=2)])
+        .auth(Some(veltix_proto::ClientAuth::scram("interop", "interop")))
+}

@@ -184,6 +184,7 @@ targets!(
     frame_chunking,
     handshake_client,
     handshake_server,
+    handshake_auth,
     connection_ops,
     retry_policy,
     session_ops,

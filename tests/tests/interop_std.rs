@@ -20,7 +20,7 @@ use veltix_std::{
     payload, Client, ClientConfig, ClientInfo, Error, LocalHello, MessageType, Server, ServerConfig,
 };
 use veltix_tests::specs::{assert_bytes, hex_field, payload_of, type_of, unhex, ECHO, JSON, SPECS};
-use veltix_tests::PyPeer;
+use veltix_tests::{negotiating_client, negotiating_server, PyPeer};
 
 /// Upper bound for any single wait on a peer.
 const T: Duration = Duration::from_secs(20);
@@ -195,7 +195,7 @@ fn python_client_send_and_wait_echo_through_rust_server() {
     let Some(py) = veltix_tests::python() else {
         return;
     };
-    let srv = EchoServer::start(ServerConfig::new("127.0.0.1", 0));
+    let srv = EchoServer::start(negotiating_server(ServerConfig::new("127.0.0.1", 0)));
     let mut peer = py_client(&py, &srv.port_arg(), "echo", &SPECS);
     peer.finish_ok(T);
 
@@ -231,7 +231,7 @@ fn rust_server_send_and_wait_and_ping_python_client() {
     let Some(py) = veltix_tests::python() else {
         return;
     };
-    let srv = EchoServer::start(ServerConfig::new("127.0.0.1", 0));
+    let srv = EchoServer::start(negotiating_server(ServerConfig::new("127.0.0.1", 0)));
     let mut peer = py_client(&py, &srv.port_arg(), "serve", &[]);
     peer.expect_event("connected", T);
     let client = srv.next_client();
@@ -283,7 +283,9 @@ fn rust_server_full_rejects_python_client() {
     let Some(py) = veltix_tests::python() else {
         return;
     };
-    let srv = EchoServer::start(ServerConfig::new("127.0.0.1", 0).max_connection(Some(1)));
+    let srv = EchoServer::start(
+        negotiating_server(ServerConfig::new("127.0.0.1", 0)).max_connection(Some(1)),
+    );
     let port = srv.port_arg();
     let mut first = py_client(&py, &port, "hold", &[]);
     first.expect_event("connected", T);
@@ -368,7 +370,7 @@ fn rust_server_survives_python_peers_dying_mid_stream() {
     let Some(py) = veltix_tests::python() else {
         return;
     };
-    let srv = EchoServer::start(ServerConfig::new("127.0.0.1", 0));
+    let srv = EchoServer::start(negotiating_server(ServerConfig::new("127.0.0.1", 0)));
     let port = srv.port_arg();
     let mut fin = PyPeer::spawn(
         &py,
@@ -438,7 +440,7 @@ fn fifty_python_clients_at_once() {
         return;
     };
     const N: usize = 50;
-    let srv = EchoServer::start(ServerConfig::new("127.0.0.1", 0));
+    let srv = EchoServer::start(negotiating_server(ServerConfig::new("127.0.0.1", 0)));
     let mut peer = PyPeer::spawn(
         &py,
         "py_client.py",
@@ -489,7 +491,7 @@ fn py_server(py: &std::path::Path, args: &[&str]) -> (PyPeer, u16) {
 }
 
 fn rust_client(port: u16) -> Client {
-    Client::new(ClientConfig::new("127.0.0.1", port)).unwrap()
+    Client::new(negotiating_client(ClientConfig::new("127.0.0.1", port))).unwrap()
 }
 
 /// The Rust client against a Python server: `send_and_wait` echoes of every

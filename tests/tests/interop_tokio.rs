@@ -103,8 +103,9 @@ async fn echo_server(config: ServerConfig) -> TokioEcho {
     TokioEcho::start(config).await
 }
 
+/// A loopback server config with negotiation on (caps and optional auth).
 fn local() -> ServerConfig {
-    ServerConfig::new("127.0.0.1", 0)
+    veltix_tests::negotiating_server(ServerConfig::new("127.0.0.1", 0))
 }
 
 // ------------------------------------------------------------ tokio server
@@ -238,7 +239,8 @@ async fn tokio_server_closes_on_python_hello_with_major_2() {
     let Some(py) = veltix_tests::python() else {
         return;
     };
-    let mut srv = echo_server(local()).await;
+    // Plain (no caps offered): the hello is compared byte for byte.
+    let mut srv = echo_server(ServerConfig::new("127.0.0.1", 0)).await;
     let port = srv.port_arg();
     let hello_body = format!(
         r#"{{"v": "{}", "pv": "1.0", "meta": {{}}}}"#,
@@ -425,7 +427,10 @@ async fn py_server(py: &Path, args: &[&str]) -> (Py, u16) {
 }
 
 async fn connect_client(port: u16) -> Result<Client, Error> {
-    let client = Client::new(ClientConfig::new("127.0.0.1", port))?;
+    let client = Client::new(veltix_tests::negotiating_client(ClientConfig::new(
+        "127.0.0.1",
+        port,
+    )))?;
     client.connect().await?;
     Ok(client)
 }

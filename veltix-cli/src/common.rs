@@ -96,6 +96,9 @@ pub struct ConnectArgs {
     /// TLS.
     #[command(flatten)]
     pub tls: crate::tls::ClientTlsArgs,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: crate::auth::ClientAuthArgs,
 }
 
 impl ConnectArgs {
@@ -104,6 +107,7 @@ impl ConnectArgs {
     pub fn connect(&self) -> Result<AnyClient, CliError> {
         let config = ClientConfig::new(self.target.host.clone(), self.target.port)
             .handshake_timeout(self.connect_timeout)
+            .auth(self.auth.client_auth()?)
             .retry(0);
         config
             .validate()

@@ -25,9 +25,11 @@ pub const REJECTED: u8 = 4;
 pub const TIMEOUT: u8 = 5;
 /// Protocol error: handshake failure, protocol version mismatch.
 pub const PROTOCOL: u8 = 6;
+/// Authentication failed or was required and not possible.
+pub const AUTH: u8 = 7;
 /// TLS failed: an untrusted, expired or misnamed certificate, a missing
 /// client certificate, or a peer that does not speak TLS.
-pub const TLS: u8 = 7;
+pub const TLS: u8 = 8;
 
 /// The exit-status table printed at the end of `veltix --help`.
 pub const EXIT_STATUS_HELP: &str = "\
@@ -39,7 +41,8 @@ Exit status:
   4  rejected by the server during the handshake (the reason is printed, e.g. server_full)
   5  timed out: connecting, the handshake, waiting for a reply, or every ping
   6  protocol error: handshake failure or protocol version mismatch
-  7  TLS failed: certificate not trusted, expired or for another name, client
+  7  authentication failed, required by the server, or the server did not prove itself
+  8  TLS failed: certificate not trusted, expired or for another name, client
      certificate missing, or the peer does not speak TLS
 
 Errors are printed to stderr as `veltix: <error>`. -v/--verbose (repeatable) or
@@ -109,6 +112,11 @@ impl CliError {
             Error::VersionMismatch(v) => Self::new(
                 PROTOCOL,
                 format!("protocol version mismatch: {target} speaks protocol {v}"),
+            ),
+            Error::Handshake(e) if e.is_permanent() => Self::new(AUTH, format!("{target}: {e}")),
+            Error::Handshake(veltix_proto::HandshakeError::IdentityInUse) => Self::new(
+                REJECTED,
+                format!("{target} rejected the connection: this identity is already connected"),
             ),
             Error::Handshake(e) => {
                 Self::new(PROTOCOL, format!("handshake with {target} failed: {e}"))

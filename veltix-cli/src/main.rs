@@ -15,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{ArgAction, Parser, Subcommand};
 
+mod auth;
 mod bench;
 mod common;
 mod demo;
@@ -63,6 +64,9 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmark scenarios against a loopback server.
     Bench(bench::BenchArgs),
+    /// Print an auth-file line for a user (SCRAM-SHA-256 verifier, random
+    /// salt); the password is read from stdin or --password-env.
+    Passwd(auth::PasswdArgs),
 }
 
 /// Logs to stderr: RUST_LOG when set, else the level chosen with -v; none
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Request(args) => message::request(&args),
         Command::Ping(args) => ping::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Passwd(args) => auth::passwd(&args),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -49,6 +49,9 @@ pub struct ServeArgs {
     /// TLS.
     #[command(flatten)]
     pub tls: crate::tls::ServerTlsArgs,
+    /// Authentication.
+    #[command(flatten)]
+    pub auth: crate::auth::ServerAuthArgs,
 }
 
 #[derive(Default)]
@@ -79,8 +82,11 @@ impl Narration {
     ) {
         self.counters.clients.fetch_add(1, Ordering::Relaxed);
         let hello = hello.map_or_else(String::new, |h| {
+            let who = h
+                .identity()
+                .map_or_else(String::new, |i| format!(" as {i}"));
             format!(
-                " (v={}, pv={})",
+                "{who} (v={}, pv={})",
                 h.version.as_deref().unwrap_or("?"),
                 h.protocol_version
             )
@@ -134,8 +140,11 @@ impl Narration {
     }
 }
 
-fn config(args: &ServeArgs) -> ServerConfig {
+fn config(args: &ServeArgs) -> Result<ServerConfig, CliError> {
     let mut config = ServerConfig::new(args.host.clone(), args.port).strict(args.strict);
+    if let Some((auth, rule)) = args.auth.server_auth()? {
+        config = config.auth(Some(auth)).duplicate_identity(rule);
+    }
     if let Some(n) = args.max_connections {
         config = config.max_connection(Some(usize::try_from(n).unwrap_or(usize::MAX)));
     }
@@ -144,7 +153,7 @@ fn config(args: &ServeArgs) -> ServerConfig {
         deadlines.write_timeout = Some(t);
     }
     deadlines.flush_timeout = args.flush_timeout;
-    config.deadlines(deadlines)
+    Ok(config.deadlines(deadlines))
 }
 
 /// Blocks until Ctrl-C, SIGTERM/SIGHUP, or (with `--until-stdin-closes`)
@@ -178,8 +187,13 @@ fn wait_for_stop(args: &ServeArgs) -> Result<(), CliError> {
 }
 
 fn listening(args: &ServeArgs, addr: SocketAddr, tls: Option<&str>) {
+    let auth = match (&args.auth.auth_file, args.auth.auth_optional) {
+        (None, _) => "",
+        (Some(_), false) => " (authentication required)",
+        (Some(_), true) => " (authentication offered)",
+    };
     println!(
-        "listening on {addr}{} (driver {})",
+        "listening on {addr}{}{auth} (driver {})",
         if args.echo { " (echo on)" } else { "" },
         args.driver.name()
     );
@@ -195,9 +209,10 @@ fn cannot_listen(args: &ServeArgs) -> impl Fn(Error) -> CliError + '_ {
 fn run_std(args: &ServeArgs, n: Arc<Narration>) -> Result<(), CliError> {
     use veltix_std::Server;
     let tls = args.tls.config()?;
+    let config = config(args)?;
     let (server, what) = match tls {
-        Some((tls, what)) => (Server::with_tls(config(args), tls)?, Some(what)),
-        None => (Server::new(config(args))?, None),
+        Some((tls, what)) => (Server::with_tls(config, tls)?, Some(what)),
+        None => (Server::new(config)?, None),
     };
     let m = n.clone();
     server.on_connect(move |_, c| m.connected(c.id(), c.addr(), c.hello(), c.tls_info()));
@@ -231,11 +246,12 @@ fn run_tokio(args: &ServeArgs, n: Arc<Narration>) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::failure(format!("cannot start the tokio runtime: {e}")))?;
     let tls = args.tls.config()?;
+    let config = config(args)?;
     let (server, what) = {
         let _rt = rt.enter();
         match tls {
-            Some((tls, what)) => (Server::with_tls(config(args), tls)?, Some(what)),
-            None => (Server::new(config(args))?, None),
+            Some((tls, what)) => (Server::with_tls(config, tls)?, Some(what)),
+            None => (Server::new(config)?, None),
         }
     };
     let m = n.clone();

@@ -11,7 +11,7 @@ use crate::exit::CliError;
 /// TLS options of the client commands.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ClientTlsArgs {
-    /// Connect over TLS (required then: a server that does not speak TLS fails with exit 7).
+    /// Connect over TLS (required then: a server that does not speak TLS fails with exit 8).
     #[arg(long)]
     pub tls: bool,
     /// CA certificates (PEM) to trust instead of the built-in public roots.

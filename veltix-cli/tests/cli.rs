@@ -770,3 +770,71 @@ fn python_client_against_cli_server() {
         server.seen
     );
 }
+
+/// `veltix passwd` makes an auth-file line; `serve --auth-file` requires
+/// authentication; `request --user` (password from the environment) and
+/// `ping --token-env` get in, a wrong password exits 7, a client without
+/// credentials exits 7 with the reason.
+#[test]
+fn auth_file_users_and_tokens() {
+    let with_env = |args: &[&str], var: &str, value: &str| {
+        let out = Command::new(BIN)
+            .args(args)
+            .env(var, value)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run veltix");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, line, err) = with_env(&["passwd", "alice", "--password-env", "PW"], "PW", "pencil");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(line.starts_with("user alice SCRAM-SHA-256$4096:"), "{line}");
+    assert!(!line.contains("pencil"));
+    let file = temp_file("auth.txt", format!("{line}token bot tok_123\n").as_bytes());
+    let (mut srv, addr) = serve(&["--echo", "--auth-file", file.to_str().unwrap()]);
+
+    let (code, out, err) = with_env(
+        &[
+            "request",
+            &addr,
+            "--type",
+            "200",
+            "--text",
+            "hi",
+            "--user",
+            "alice",
+            "--require-server-auth",
+        ],
+        "VELTIX_PASSWORD",
+        "pencil",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("hi"), "{out}");
+    let (code, _, err) = with_env(
+        &["ping", &addr, "-c", "1", "--token-env", "TOK"],
+        "TOK",
+        "tok_123",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = with_env(
+        &[
+            "request", &addr, "--type", "200", "--text", "hi", "--user", "alice",
+        ],
+        "VELTIX_PASSWORD",
+        "wrong",
+    );
+    assert_eq!(code, Some(7), "{err}");
+    assert!(err.contains("authentication failed"), "{err}");
+    veltix(&["send", &addr, "--type", "200", "--text", "hi"]).assert_code(7);
+
+    drop(srv.stdin.take());
+    let log: Vec<String> = std::iter::from_fn(|| srv.lines.recv_timeout(WAIT).ok()).collect();
+    let log = log.join("\n");
+    assert!(log.contains("as alice (SCRAM-SHA-256)"), "{log}");
+    assert!(log.contains("as bot (BEARER)"), "{log}");
+    let _ = std::fs::remove_file(file);
+}

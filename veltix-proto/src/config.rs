@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{ClientAuth, ServerAuth};
 use crate::connection::{
     ConnectionConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_OUTBOUND, DEFAULT_WRITE_TIMEOUT,
@@ -26,7 +27,7 @@ use crate::connection::{
 use crate::correlation::{DEFAULT_ID_WINDOW, MAX_ID_WINDOW};
 use crate::decoder::{DecoderConfig, DEFAULT_MAX_BUFFER_SIZE};
 use crate::frame::{DEFAULT_MAX_MESSAGE_SIZE, HEADER_LEN};
-use crate::handshake::LocalHello;
+use crate::handshake::{Capability, LocalHello};
 use crate::retry::{Backoff, RetryPolicy};
 
 /// Veltix's default receive chunk (`BufferSize.MEDIUM`).
@@ -136,6 +137,7 @@ fn connection_config(
         write_timeout: deadlines.write_timeout,
         body_timeout: deadlines.body_timeout,
         flush_timeout: deadlines.flush_timeout,
+        ..ConnectionConfig::default()
     }
 }
 
@@ -199,6 +201,11 @@ pub struct ClientConfig {
     pub hello: LocalHello,
     /// Write, body and flush deadlines.
     pub deadlines: Deadlines,
+    /// Capabilities we want, negotiated with servers that offer them.
+    pub capabilities: Vec<Capability>,
+    /// Credentials and authentication policy (default none: a server that
+    /// requires authentication refuses us).
+    pub auth: Option<ClientAuth>,
 }
 
 impl Default for ClientConfig {
@@ -219,6 +226,8 @@ impl Default for ClientConfig {
             strict: false,
             hello: LocalHello::default(),
             deadlines: Deadlines::default(),
+            capabilities: Vec::new(),
+            auth: None,
         }
     }
 }
@@ -238,6 +247,10 @@ setters!(ClientConfig {
     max_workers: usize,
     /// Sets `retry`.
     retry: u32,
+    /// Sets `capabilities`.
+    capabilities: Vec<Capability>,
+    /// Sets `auth`.
+    auth: Option<ClientAuth>,
     /// Sets `retry_delay`.
     retry_delay: Duration,
     /// Sets `backoff`.
@@ -305,7 +318,7 @@ impl ClientConfig {
 
     /// The core's connection settings.
     pub fn connection_config(&self) -> Arc<ConnectionConfig> {
-        Arc::new(connection_config(
+        let mut c = connection_config(
             self.max_message_size,
             self.handshake_timeout,
             self.strict,
@@ -313,7 +326,19 @@ impl ClientConfig {
             DEFAULT_ID_WINDOW,
             self.max_outbound,
             self.deadlines,
-        ))
+        );
+        c.capabilities.clone_from(&self.capabilities);
+        c.client_auth.clone_from(&self.auth);
+        Arc::new(c)
+    }
+
+    /// Seeds the nonce generator of [`auth`](Self::auth), if any (drivers
+    /// call it with 32 bytes from the operating system; only the first seed
+    /// counts).
+    pub fn seed_auth(&self, seed: [u8; 32]) {
+        if let Some(a) = &self.auth {
+            a.seed(seed);
+        }
     }
 
     /// The reconnect policy (backoff sanitized: factor `>= 1`, jitter in `[0, 1]`).
@@ -368,6 +393,28 @@ pub struct ServerConfig {
     /// (default 256 MiB). Past it the connection holding the largest
     /// partial frame is cut ([`CloseReason::BufferBudget`](crate::CloseReason)).
     pub max_buffered_input: usize,
+    /// Capabilities we offer in the handshake.
+    pub capabilities: Vec<Capability>,
+    /// Authentication policy and credential store (default none: every
+    /// peer is anonymous, as with Python veltix).
+    pub auth: Option<ServerAuth>,
+    /// What to do when an identity that is connected authenticates again
+    /// (default: allow both).
+    pub duplicate_identity: DuplicateIdentity,
+}
+
+/// What a server does when an authenticated identity connects while
+/// another connection of the same identity is open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DuplicateIdentity {
+    /// Both stay connected.
+    #[default]
+    Allow,
+    /// The new connection is refused (`identity_in_use`, before its ack).
+    Refuse,
+    /// The old connection is closed ([`CloseReason::Replaced`](crate::CloseReason::Replaced)).
+    Replace,
 }
 
 impl Default for ServerConfig {
@@ -387,6 +434,9 @@ impl Default for ServerConfig {
             hello: LocalHello::default(),
             deadlines: Deadlines::default(),
             max_buffered_input: DEFAULT_MAX_BUFFERED_INPUT,
+            capabilities: Vec::new(),
+            auth: None,
+            duplicate_identity: DuplicateIdentity::Allow,
         }
     }
 }
@@ -420,6 +470,12 @@ setters!(ServerConfig {
     deadlines: Deadlines,
     /// Sets `max_buffered_input`.
     max_buffered_input: usize,
+    /// Sets `capabilities`.
+    capabilities: Vec<Capability>,
+    /// Sets `auth`.
+    auth: Option<ServerAuth>,
+    /// Sets `duplicate_identity`.
+    duplicate_identity: DuplicateIdentity,
 });
 
 impl ServerConfig {
@@ -481,12 +537,21 @@ impl ServerConfig {
         self.max_connection.map(|m| m.min(fit))
     }
 
+    /// Seeds the nonce generator of [`auth`](Self::auth), if any (drivers
+    /// call it with 32 bytes from the operating system; only the first seed
+    /// counts).
+    pub fn seed_auth(&self, seed: [u8; 32]) {
+        if let Some(a) = &self.auth {
+            a.seed(seed);
+        }
+    }
+
     /// The core's connection settings (`id_window` capped at 32 768).
     pub fn connection_config(&self) -> Arc<ConnectionConfig> {
         if self.id_window > MAX_ID_WINDOW {
             tracing::warn!(id_window = self.id_window, "id_window capped at 32768");
         }
-        Arc::new(connection_config(
+        let mut c = connection_config(
             self.max_message_size,
             self.handshake_timeout,
             self.strict,
@@ -494,7 +559,12 @@ impl ServerConfig {
             self.id_window.min(MAX_ID_WINDOW),
             self.max_outbound,
             self.deadlines,
-        ))
+        );
+        c.capabilities.clone_from(&self.capabilities);
+        c.server_auth.clone_from(&self.auth);
+        c.hold_authenticated =
+            self.auth.is_some() && self.duplicate_identity == DuplicateIdentity::Refuse;
+        Arc::new(c)
     }
 }
 

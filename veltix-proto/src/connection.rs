@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::auth::Identity;
 use crate::correlation::{IdAllocator, PendingRequests, RequestKind};
 use crate::decoder::{Decoded, Decoder};
 use crate::event::{CloseReason, Event, RequestFailure};
@@ -29,8 +30,9 @@ pub use self::config::{
 enum State {
     Handshaking(Box<Handshake>),
     Established,
-    /// A local close: output drains until done or the flush deadline.
-    Closing,
+    /// A local close (or a refusal being sent): output drains until done
+    /// or the flush deadline, then the connection closes with this reason.
+    Closing(CloseReason),
     Closed(CloseReason),
 }
 
@@ -77,6 +79,9 @@ pub struct Connection {
     events: VecDeque<Event>,
     event_bytes: usize,
     peer: Option<Box<PeerHello>>,
+    /// Server: an authenticated peer held for admission, and input that
+    /// came after its last handshake message.
+    held: Option<Box<(Identity, Vec<u8>)>>,
     now: Instant,
     stats: ConnectionStats,
 }
@@ -99,8 +104,17 @@ impl Connection {
     /// connection queues its hello at once; the handshake deadline starts now.
     pub fn new(side: Side, config: Arc<ConnectionConfig>, now: Instant) -> Self {
         let (hs, first) = match side {
-            Side::Client => Handshake::client(config.hello.clone()),
-            Side::Server => Handshake::server(&config.hello),
+            Side::Client => Handshake::client_with(
+                config.hello.clone(),
+                config.capabilities.clone(),
+                config.client_auth.clone(),
+            ),
+            Side::Server => Handshake::server_with(
+                &config.hello,
+                config.capabilities.clone(),
+                config.server_auth.clone(),
+                config.hold_authenticated,
+            ),
         };
         let mut out = Outbox::default();
         out.push_raw(first);
@@ -121,6 +135,7 @@ impl Connection {
             events: VecDeque::new(),
             event_bytes: 0,
             peer: None,
+            held: None,
             now,
             stats: ConnectionStats::default(),
         }
@@ -158,7 +173,7 @@ impl Connection {
     /// The connection is closing or closed: no new output will be generated
     /// (queued output may still drain after a local close).
     pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closing | State::Closed(_))
+        matches!(self.state, State::Closing(_) | State::Closed(_))
     }
     /// Closed, `Closed` event queued, nothing left to write: the driver
     /// drops the transport.
@@ -168,8 +183,7 @@ impl Connection {
     /// Why it closed.
     pub fn close_reason(&self) -> Option<&CloseReason> {
         match &self.state {
-            State::Closed(r) => Some(r),
-            State::Closing => Some(&CloseReason::Local),
+            State::Closed(r) | State::Closing(r) => Some(r),
             _ => None,
         }
     }
@@ -217,7 +231,7 @@ impl Connection {
         match self.state {
             State::Handshaking(_) => true,
             State::Established => self.event_bytes < self.config.max_event_bytes,
-            State::Closing | State::Closed(_) => false,
+            State::Closing(_) | State::Closed(_) => false,
         }
     }
     /// Requests and pings waiting for a reply.
@@ -275,18 +289,24 @@ impl Connection {
                 self.note_queued();
             }
             match r {
-                Ok(Progress::NeedMore) => return,
                 Ok(Progress::Established { consumed, peer }) => {
-                    tracing::debug!(side = ?self.side, peer_version = ?peer.version, "handshake done");
-                    self.state = State::Established;
-                    self.handshake_deadline = None;
-                    self.push_event(Event::Connected(peer.clone()));
-                    self.peer = Some(Box::new(peer));
+                    self.established(peer);
                     rest = &data[consumed..];
                 }
+                Ok(Progress::Held { consumed, identity }) => {
+                    tracing::debug!(side = ?self.side, %identity, "authenticated: held for admission");
+                    self.held = Some(Box::new((identity, data[consumed..].to_vec())));
+                    return;
+                }
+                Ok(_) => return,
                 Err(e) => {
                     tracing::debug!(side = ?self.side, error = %e, "handshake failed");
-                    self.terminate(CloseReason::Handshake(e));
+                    if self.side == Side::Server && self.out.len() > before {
+                        // A refusal was queued: send it, then close.
+                        self.close_with(CloseReason::Handshake(e));
+                    } else {
+                        self.terminate(CloseReason::Handshake(e));
+                    }
                     return;
                 }
             }
@@ -295,6 +315,74 @@ impl Connection {
             self.decoder.push(rest);
             self.drain_decoder();
         }
+    }
+
+    fn established(&mut self, peer: PeerHello) {
+        tracing::debug!(side = ?self.side, peer_version = ?peer.version, identity = ?peer.negotiated.identity, "handshake done");
+        self.state = State::Established;
+        self.handshake_deadline = None;
+        self.push_event(Event::Connected(peer.clone()));
+        self.peer = Some(Box::new(peer));
+    }
+
+    /// Server, with [`ConnectionConfig::hold_authenticated`]: the identity
+    /// the peer proved, while its ack waits for [`admit`](Self::admit) or
+    /// [`refuse`](Self::refuse).
+    pub fn held_identity(&self) -> Option<&Identity> {
+        self.held.as_ref().map(|h| &h.0)
+    }
+
+    /// Acknowledges a held peer: the handshake completes now.
+    pub fn admit(&mut self, now: Instant) {
+        self.advance(now);
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        let State::Handshaking(hs) = &mut self.state else {
+            return;
+        };
+        let Some((ack, peer)) = hs.admit() else {
+            return;
+        };
+        self.note_queued();
+        self.out.push_raw(ack);
+        self.established(peer);
+        let (_, rest) = *held;
+        if !rest.is_empty() {
+            self.decoder.push(&rest);
+            self.drain_decoder();
+        }
+    }
+
+    /// Refuses a held peer: the refusal is sent, then the connection closes
+    /// with `why` (e.g. [`HandshakeError::IdentityInUse`]).
+    pub fn refuse(&mut self, now: Instant, why: HandshakeError) {
+        self.advance(now);
+        if self.held.take().is_none() {
+            return;
+        }
+        if let State::Handshaking(hs) = &mut self.state {
+            let b = hs.refuse(&why);
+            self.note_queued();
+            self.out.push_raw(b);
+        }
+        self.close_with(CloseReason::Handshake(why));
+    }
+
+    /// Closes after flushing what is queued (bounded by the flush deadline
+    /// and any running handshake deadline).
+    fn close_with(&mut self, reason: CloseReason) {
+        self.fail_pending(&reason);
+        self.decoder.clear();
+        self.body_since = None;
+        if self.queued_bytes() == 0 {
+            self.finish(reason, 0);
+            return;
+        }
+        let flush = after(self.now, self.config.flush_timeout);
+        self.flush_deadline = Some(self.handshake_deadline.map_or(flush, |d| d.min(flush)));
+        self.handshake_deadline = None;
+        self.state = State::Closing(reason);
     }
 
     /// Decodes buffered input while there is room for events.
@@ -376,15 +464,18 @@ impl Connection {
         self.in_flight -= n;
         self.stats.bytes_written += n as u64;
         self.stalled_since = (self.queued_bytes() > 0).then_some(self.now);
-        if matches!(self.state, State::Closing) && self.queued_bytes() == 0 {
-            self.finish(CloseReason::Local, 0);
+        if let State::Closing(r) = &self.state {
+            if self.queued_bytes() == 0 {
+                let r = r.clone();
+                self.finish(r, 0);
+            }
         }
     }
 
     /// The peer closed its side of the transport (read returned 0).
     pub fn handle_eof(&mut self, now: Instant) {
         self.advance(now);
-        if matches!(self.state, State::Closing) {
+        if matches!(self.state, State::Closing(_)) {
             // Half-closed: our queued output may still be delivered.
             return;
         }
@@ -414,7 +505,8 @@ impl Connection {
         if self.flush_deadline.is_some_and(|d| now >= d) {
             let unsent = self.queued_bytes();
             tracing::warn!(side = ?self.side, unsent, "flush deadline passed: output dropped");
-            self.finish(CloseReason::Local, unsent);
+            let reason = self.close_reason().cloned().unwrap_or(CloseReason::Local);
+            self.finish(reason, unsent);
             return;
         }
         if self.handshake_deadline.is_some_and(|d| now >= d) {
@@ -422,7 +514,7 @@ impl Connection {
             return;
         }
         if let (Some(t), Some(since)) = (self.config.write_timeout, self.stalled_since) {
-            if now >= after(since, t) && !matches!(self.state, State::Closing) {
+            if now >= after(since, t) && !matches!(self.state, State::Closing(_)) {
                 tracing::warn!(side = ?self.side, queued = self.queued_bytes(), "slow consumer: no write progress");
                 self.terminate(CloseReason::SlowConsumer);
                 return;
@@ -500,7 +592,7 @@ impl Connection {
             .config
             .write_timeout
             .zip(self.stalled_since)
-            .filter(|_| !matches!(self.state, State::Closing))
+            .filter(|_| !matches!(self.state, State::Closing(_)))
             .map(|(t, s)| after(s, t));
         let body = self
             .config

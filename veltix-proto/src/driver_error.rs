@@ -121,6 +121,14 @@ impl From<SendError> for Error {
 }
 
 impl Error {
+    /// Whether retrying with the same settings cannot help: an
+    /// authentication or policy failure in the handshake
+    /// ([`HandshakeError::is_permanent`]). A reconnecting client gives up
+    /// at once.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Error::Handshake(e) if e.is_permanent())
+    }
+
     /// Whether this is a [`TimedOut`](Error::TimedOut).
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::TimedOut { .. })

@@ -38,6 +38,10 @@ pub enum CloseReason {
     /// connection held the largest one.
     #[error("the server's receive-buffer budget was exceeded")]
     BufferBudget,
+    /// A newer connection of the same authenticated identity replaced this
+    /// one ([`DuplicateIdentity::Replace`](crate::DuplicateIdentity::Replace)).
+    #[error("replaced by a newer connection of the same identity")]
+    Replaced,
 }
 
 /// Why a request or ping failed.

@@ -19,6 +19,7 @@
 //! | [`connection_ops`] | a client and a server core joined by byte queues, under arbitrary commands, time and corruption |
 //! | [`retry_policy`] | arbitrary (also non-finite) retry settings under arbitrary failure sequences |
 //! | [`session_ops`] | a [`ClientSession`](crate::ClientSession) against real server cores: dial results, bytes, resets, rejections, commands, time |
+//! | [`handshake_auth`] | the authenticating handshakes (SCRAM, tokens, capabilities) with an attacker between honest peers: messages delivered, corrupted, replaced, withheld; holds admitted or refused |
 //! | [`hub_ops`] | a [`Hub`](crate::Hub) serving real client cores: admission, broadcasts, requests, resets, closes, time |
 //!
 //! Most inputs are read front to back, one byte per choice
@@ -32,12 +33,14 @@
 //! tests in `tests/tests/fuzz_corpus.rs` (module `found_by_fuzzing`); the
 //! bodies check the exact bounds again (no input narrowing remains).
 
+mod auth;
 mod frames;
 mod handshakes;
 mod ops;
 mod retries;
 mod sessions;
 
+pub use auth::handshake_auth;
 pub use frames::{frame_chunking, frame_decode, frame_roundtrip};
 pub use handshakes::{handshake_client, handshake_server};
 pub use ops::connection_ops;
@@ -56,6 +59,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("frame_chunking", frame_chunking),
     ("handshake_client", handshake_client),
     ("handshake_server", handshake_server),
+    ("handshake_auth", handshake_auth),
     ("connection_ops", connection_ops),
     ("retry_policy", retry_policy),
     ("session_ops", session_ops),

@@ -11,11 +11,19 @@
 //! which enforces one deadline for the **whole** handshake (Veltix's per-read
 //! timeout lets a peer that trickles one byte at a time stay forever).
 
+use std::collections::BTreeMap;
+
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::auth::{scram, AuthMethod, ClientAuth, Credentials, Identity, ServerAuth};
 use crate::json::to_vec_python;
+
+mod caps;
+mod client;
+mod server;
+pub use caps::{Agreed, Capability, Negotiated, AUTH_CAP, RESERVED_PREFIX};
 
 /// Largest handshake message body accepted (30 KiB).
 pub const MAX_HANDSHAKE_LEN: usize = 30 * 1024;
@@ -25,6 +33,12 @@ pub const PROTOCOL_VERSION: &str = "1.0";
 pub const PROTOCOL_MAJOR: u32 = 1;
 /// The reason a full server gives.
 pub const SERVER_FULL: &str = "server_full";
+/// The server's answer to a wrong password, token or user (one error for all).
+pub const AUTHENTICATION_FAILED: &str = "authentication_failed";
+/// The server's answer to a client that does not authenticate when it must.
+pub const AUTHENTICATION_REQUIRED: &str = "authentication_required";
+/// The server's answer to a second connection of an identity it refuses twice.
+pub const IDENTITY_IN_USE: &str = "identity_in_use";
 
 /// Why a handshake failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +80,51 @@ pub enum HandshakeError {
     /// The transport closed before the handshake finished.
     #[error("connection closed during the handshake")]
     PeerClosed,
+    /// Authentication is required and was not offered: the server requires
+    /// it and we have no credentials it accepts (client side), or the
+    /// client offered none (server side).
+    #[error("authentication required")]
+    AuthenticationRequired,
+    /// Unknown user, wrong password or wrong token: one error for all.
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    /// We require the server to authenticate itself (SCRAM) and it does not
+    /// offer to.
+    #[error("the server does not authenticate itself (SCRAM-SHA-256 required by this client)")]
+    ServerNotAuthenticated,
+    /// The server's SCRAM signature is wrong: it does not know our verifier.
+    #[error("the server's SCRAM signature is wrong (not the server we have an account on?)")]
+    ServerSignatureMismatch,
+    /// The server asked for a PBKDF2 iteration count outside our range.
+    #[error("the server asked for {0} PBKDF2 iterations, outside the accepted range")]
+    IterationsOutOfRange(u32),
+    /// An authentication message was malformed or out of order.
+    #[error("authentication protocol error: {0}")]
+    AuthProtocol(String),
+    /// The server refused a second connection of this identity.
+    #[error("this identity is already connected")]
+    IdentityInUse,
+    /// Authentication needs nonces and the generator was never seeded
+    /// (`ServerAuth::seed` / `ClientAuth::seed`): refused rather than
+    /// predictable.
+    #[error("authentication unavailable: nonce generator not seeded")]
+    NotSeeded,
+}
+
+impl HandshakeError {
+    /// Whether trying again with the same settings cannot help
+    /// (authentication and policy failures): a reconnecting client gives up.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            HandshakeError::AuthenticationRequired
+                | HandshakeError::AuthenticationFailed
+                | HandshakeError::ServerNotAuthenticated
+                | HandshakeError::ServerSignatureMismatch
+                | HandshakeError::IterationsOutOfRange(_)
+                | HandshakeError::NotSeeded
+        )
+    }
 }
 
 /// Which end of the TCP connection a state machine is.
@@ -105,6 +164,17 @@ pub struct PeerHello {
     pub protocol_version: String,
     /// Its `"meta"` object (empty when absent or not an object).
     pub meta: Map<String, Value>,
+    /// What the handshake negotiated: capabilities and the authenticated
+    /// identity (empty with a plain peer).
+    pub negotiated: Negotiated,
+}
+
+impl PeerHello {
+    /// The authenticated identity: on a server, who the client proved to
+    /// be; on a client, who we logged in as.
+    pub fn identity(&self) -> Option<&Identity> {
+        self.negotiated.identity.as_ref()
+    }
 }
 
 #[derive(Serialize)]
@@ -197,6 +267,7 @@ fn peer_hello(m: &Map<String, Value>) -> Result<PeerHello, HandshakeError> {
             Some(Value::Object(meta)) => meta.clone(),
             _ => Map::new(),
         },
+        negotiated: Negotiated::default(),
     })
 }
 
@@ -208,14 +279,50 @@ fn reason_text(v: &Value) -> String {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// The client's authentication step while it waits for the ack.
+#[derive(Debug, Clone)]
+enum ClientStep {
+    /// No authentication chosen.
+    None,
+    /// A token was sent in the hello.
+    Bearer,
+    /// SCRAM: our first message was sent, the server's is due.
+    ScramFirst(scram::ClientFirst),
+    /// SCRAM: our proof was sent; the ack must carry this signature.
+    ScramFinal(Box<[u8; 32]>),
+}
+
+/// Client: what it keeps while waiting for the ack.
+#[derive(Debug, Clone)]
+struct ClientWait {
+    peer: PeerHello,
+    offer: Map<String, Value>,
+    /// Our `caps` choice, without secrets.
+    chosen: Map<String, Value>,
+    step: ClientStep,
+}
+
+/// Server: what it keeps while the client computes its SCRAM proof.
+#[derive(Debug, Clone)]
+struct ServerWait {
+    peer: PeerHello,
+    agreed: BTreeMap<String, Agreed>,
+    exchange: scram::ServerExchange,
+    user: String,
+}
+
+#[derive(Debug, Clone)]
 enum Stage {
     /// Client: waiting for the server's hello (or its rejection).
     AwaitServerHello,
-    /// Client: sent our hello, waiting for the ack.
-    AwaitAck(PeerHello),
+    /// Client: sent our hello, waiting for the ack (or a SCRAM challenge).
+    AwaitAck(Box<ClientWait>),
     /// Server: sent our hello, waiting for the client's.
     AwaitClientHello,
+    /// Server: sent the SCRAM challenge, waiting for the proof.
+    AwaitClientFinal(Box<ServerWait>),
+    /// Server: authenticated; the ack waits for the owner's decision.
+    AwaitAdmission(Box<(PeerHello, Bytes)>),
     /// Finished (either way).
     Done,
 }
@@ -231,8 +338,17 @@ pub enum Progress {
     Established {
         /// Bytes of this input used by the handshake.
         consumed: usize,
-        /// What the peer announced.
+        /// What the peer announced, and what was negotiated.
         peer: PeerHello,
+    },
+    /// Server, when built to hold authenticated peers: the peer proved
+    /// `identity`; call [`Handshake::admit`] or [`Handshake::refuse`].
+    /// `consumed` bytes of the input belonged to the handshake.
+    Held {
+        /// Bytes of this input used by the handshake.
+        consumed: usize,
+        /// Who the peer proved to be.
+        identity: Identity,
     },
 }
 
@@ -260,91 +376,210 @@ pub struct Handshake {
     partial: Vec<u8>,
     /// Client: our hello, sent once the server's is accepted.
     local: Option<LocalHello>,
+    /// Capabilities wanted (client) or offered (server).
+    caps: Vec<Capability>,
+    client_auth: Option<ClientAuth>,
+    server_auth: Option<ServerAuth>,
+    /// Server: stop before the ack of an authenticated peer.
+    hold: bool,
+}
+
+/// A JSON object body with its prefix.
+fn encode_object(m: &Map<String, Value>) -> Bytes {
+    with_prefix(to_vec_python(m, false).unwrap_or_default())
+}
+
+/// A hello whose `meta` carries `caps` (when any), and, for a server that
+/// requires authentication, an `error` Python clients print (veltix-rs
+/// clients read the offer instead).
+fn encode_hello_with(local: &LocalHello, caps: Map<String, Value>, error: Option<&str>) -> Bytes {
+    if caps.is_empty() && error.is_none() {
+        return encode_hello(local);
+    }
+    let mut meta = local.meta.clone();
+    if !caps.is_empty() {
+        meta.insert("caps".into(), Value::Object(caps));
+    }
+    let mut m = Map::new();
+    m.insert("v".into(), Value::String(local.version.clone()));
+    m.insert("pv".into(), Value::String(PROTOCOL_VERSION.into()));
+    m.insert("meta".into(), Value::Object(meta));
+    if let Some(e) = error {
+        m.insert("error".into(), Value::String(e.into()));
+    }
+    encode_object(&m)
+}
+
+/// What a server that requires authentication tells a client that does not
+/// offer it (Python veltix prints it as the rejection reason).
+pub const AUTH_REQUIRED_TEXT: &str =
+    "authentication required: this server accepts only veltix-rs clients with credentials (SCRAM-SHA-256 or BEARER)";
+
+fn wire_error(e: &HandshakeError) -> &'static str {
+    match e {
+        HandshakeError::AuthenticationRequired => AUTHENTICATION_REQUIRED,
+        HandshakeError::IdentityInUse => IDENTITY_IN_USE,
+        HandshakeError::NotSeeded => "authentication_unavailable",
+        _ => AUTHENTICATION_FAILED,
+    }
 }
 
 impl Handshake {
-    /// A client handshake. Returns the bytes to send first (none: the server speaks first).
+    /// A plain client handshake. Returns the bytes to send first (none: the
+    /// server speaks first).
     pub fn client(local: LocalHello) -> (Self, Bytes) {
+        Self::client_with(local, Vec::new(), None)
+    }
+
+    /// A client handshake that wants `caps` and authenticates with `auth`.
+    pub fn client_with(
+        local: LocalHello,
+        caps: Vec<Capability>,
+        auth: Option<ClientAuth>,
+    ) -> (Self, Bytes) {
         let hs = Handshake {
             stage: Stage::AwaitServerHello,
             partial: Vec::new(),
             local: Some(local),
+            caps,
+            client_auth: auth,
+            server_auth: None,
+            hold: false,
         };
         (hs, Bytes::new())
     }
 
-    /// A server handshake. Returns the server hello to send at once.
+    /// A plain server handshake. Returns the server hello to send at once.
     pub fn server(local: &LocalHello) -> (Self, Bytes) {
+        Self::server_with(local, Vec::new(), None, false)
+    }
+
+    /// A server handshake offering `caps` and `auth`. With `hold`, an
+    /// authenticated peer is not acknowledged until [`admit`](Self::admit)
+    /// (the [`Hub`](crate::Hub) uses it to refuse a second connection of
+    /// one identity). Returns the server hello to send at once.
+    pub fn server_with(
+        local: &LocalHello,
+        caps: Vec<Capability>,
+        auth: Option<ServerAuth>,
+        hold: bool,
+    ) -> (Self, Bytes) {
+        let auth_offer = auth.as_ref().map(|a| {
+            let mut o = Map::new();
+            o.insert("min".into(), 1.into());
+            o.insert("max".into(), 1.into());
+            o.insert(
+                "mechs".into(),
+                a.offered()
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            o.insert("required".into(), a.is_required().into());
+            o
+        });
+        let required = auth.as_ref().is_some_and(ServerAuth::is_required);
+        let hello = encode_hello_with(
+            local,
+            caps::offer(&caps, auth_offer),
+            required.then_some(AUTH_REQUIRED_TEXT),
+        );
         let hs = Handshake {
             stage: Stage::AwaitClientHello,
             partial: Vec::new(),
             local: None,
+            caps,
+            client_auth: None,
+            server_auth: auth,
+            hold,
         };
-        (hs, encode_hello(local))
+        (hs, hello)
     }
 
     /// Whether the handshake has finished, successfully or not.
     pub fn is_done(&self) -> bool {
-        self.stage == Stage::Done
+        matches!(self.stage, Stage::Done)
+    }
+
+    /// Server: acknowledges a [`Held`](Progress::Held) peer. Returns the ack
+    /// to send and the peer's hello; `None` when nothing is held.
+    pub fn admit(&mut self) -> Option<(Bytes, PeerHello)> {
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::AwaitAdmission(b) => {
+                let (peer, ack) = *b;
+                Some((ack, peer))
+            }
+            other => {
+                self.stage = other;
+                None
+            }
+        }
+    }
+
+    /// Server: refuses a [`Held`](Progress::Held) peer. Returns the
+    /// rejection to send before closing (`identity_in_use` for
+    /// [`HandshakeError::IdentityInUse`]).
+    pub fn refuse(&mut self, why: &HandshakeError) -> Bytes {
+        self.stage = Stage::Done;
+        encode_rejection(wire_error(why))
     }
 
     /// Feeds received bytes; `send` is called with bytes to transmit.
     ///
     /// # Errors
     /// A [`HandshakeError`] when the peer's message is unacceptable; the
-    /// connection must then close (a server sends nothing more).
+    /// connection must then close (after sending what `send` was given: a
+    /// server refusing credentials says why).
     pub fn handle_input(
         &mut self,
         mut input: &[u8],
         send: &mut dyn FnMut(Bytes),
     ) -> Result<Progress, HandshakeError> {
         let total_len = input.len();
-        while !input.is_empty() && self.stage != Stage::Done {
+        while !input.is_empty() && !matches!(self.stage, Stage::Done | Stage::AwaitAdmission(_)) {
             let Some(body_len) = self.fill(&mut input)? else {
                 return Ok(Progress::NeedMore);
             };
             let body = std::mem::take(&mut self.partial);
             let body = &body[2..2 + body_len];
-            match std::mem::replace(&mut self.stage, Stage::Done) {
-                Stage::AwaitServerHello => {
-                    let m = parse_body(body)?;
-                    if let Some(reason) = m.get("error") {
-                        return Err(HandshakeError::Rejected(reason_text(reason)));
-                    }
-                    let peer = peer_hello(&m)?;
-                    send(encode_hello(&self.local.take().unwrap_or_default()));
-                    self.stage = Stage::AwaitAck(peer);
+            let consumed = total_len - input.len();
+            let step = match std::mem::replace(&mut self.stage, Stage::Done) {
+                Stage::AwaitServerHello => self.on_server_hello(body, send),
+                Stage::AwaitAck(wait) => self.on_ack(*wait, body, send),
+                Stage::AwaitClientHello => self.on_client_hello(body, send),
+                Stage::AwaitClientFinal(wait) => self.on_client_final(*wait, body, send),
+                // The loop condition keeps these out.
+                s @ (Stage::AwaitAdmission(_) | Stage::Done) => {
+                    self.stage = s;
+                    Ok(None)
                 }
-                Stage::AwaitAck(peer) => {
-                    let m = parse_body(body).map_err(|e| match e {
-                        HandshakeError::EmptyObject => HandshakeError::NotAcknowledged("{}".into()),
-                        e => e,
-                    })?;
-                    if m.get("result").and_then(Value::as_str) != Some("ok") {
-                        let text = String::from_utf8_lossy(body).into_owned();
-                        return Err(match m.get("error") {
-                            Some(reason) => HandshakeError::Rejected(reason_text(reason)),
-                            None => HandshakeError::NotAcknowledged(text),
-                        });
-                    }
-                    return Ok(Progress::Established {
-                        consumed: total_len - input.len(),
-                        peer,
-                    });
+            };
+            match step {
+                Ok(None) => {}
+                Ok(Some(done)) => return Ok(self.finished(done, consumed, send)),
+                Err(e) => {
+                    self.stage = Stage::Done;
+                    return Err(e);
                 }
-                Stage::AwaitClientHello => {
-                    let peer = peer_hello(&parse_body(body)?)?;
-                    send(encode_ack());
-                    return Ok(Progress::Established {
-                        consumed: total_len - input.len(),
-                        peer,
-                    });
-                }
-                // The loop condition keeps `Done` out.
-                Stage::Done => {}
             }
         }
         Ok(Progress::NeedMore)
+    }
+
+    /// Turns a successful last step into progress (holding if asked).
+    fn finished(&mut self, done: Done, consumed: usize, send: &mut dyn FnMut(Bytes)) -> Progress {
+        let Done { peer, ack } = done;
+        if let (Some(ack), true) = (&ack, self.hold) {
+            if let Some(identity) = peer.negotiated.identity.clone() {
+                self.stage = Stage::AwaitAdmission(Box::new((peer, ack.clone())));
+                return Progress::Held { consumed, identity };
+            }
+        }
+        if let Some(ack) = ack {
+            send(ack);
+        }
+        Progress::Established { consumed, peer }
     }
 
     /// Moves bytes of the current message from `input` into `partial`.
@@ -376,119 +611,18 @@ impl Handshake {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn py_hello() -> LocalHello {
-        LocalHello {
-            version: "3.3.0".into(),
-            meta: Map::new(),
-        }
-    }
-
-    #[test]
-    fn byte_exact_messages() {
-        assert_eq!(
-            &encode_hello(&py_hello())[..],
-            b"\x00\x27{\"v\": \"3.3.0\", \"pv\": \"1.0\", \"meta\": {}}"
-        );
-        assert_eq!(&encode_ack()[..], b"\x00\x10{\"result\": \"ok\"}");
-        assert_eq!(
-            &encode_rejection(SERVER_FULL)[..],
-            b"\x00\x18{\"error\": \"server_full\"}"
-        );
-    }
-
-    #[test]
-    fn protocol_version_rule() {
-        for ok in ["1.0", "1.7", "01.0", "1.99"] {
-            assert!(check_protocol_version(Some(&json!(ok))).is_ok(), "{ok}");
-        }
-        for bad in ["2.0", "0.9", "1.0.0", "1", "1.x", "", " 1.0", ".0", "1."] {
-            assert!(check_protocol_version(Some(&json!(bad))).is_err(), "{bad}");
-        }
-        assert!(check_protocol_version(Some(&json!(1))).is_err());
-        assert!(check_protocol_version(None).is_err());
-    }
-
-    #[test]
-    fn client_sees_rejection_with_any_value() {
-        let (mut c, _) = Handshake::client(py_hello());
-        let err = c
-            .handle_input(&encode_rejection("maintenance"), &mut |_| {})
-            .unwrap_err();
-        assert_eq!(err, HandshakeError::Rejected("maintenance".into()));
-        let (mut c, _) = Handshake::client(py_hello());
-        let msg = with_prefix(br#"{"error": 5, "v": "x", "pv": "1.0"}"#.to_vec());
-        assert_eq!(
-            c.handle_input(&msg, &mut |_| {}).unwrap_err(),
-            HandshakeError::Rejected("5".into())
-        );
-    }
-
-    #[test]
-    fn ack_variants() {
-        let run = |ack: &[u8]| {
-            let (mut c, _) = Handshake::client(py_hello());
-            let mut sent = Vec::new();
-            c.handle_input(&encode_hello(&py_hello()), &mut |b| sent.push(b))
-                .unwrap();
-            assert_eq!(sent, vec![encode_hello(&py_hello())]);
-            c.handle_input(&with_prefix(ack.to_vec()), &mut |_| {})
-        };
-        assert!(matches!(
-            run(br#"{"result": "ok", "extra": 1}"#),
-            Ok(Progress::Established { .. })
-        ));
-        assert!(matches!(
-            run(br#"{"result": "no"}"#),
-            Err(HandshakeError::NotAcknowledged(_))
-        ));
-        assert!(matches!(
-            run(br#"{"error": "bye"}"#),
-            Err(HandshakeError::Rejected(_))
-        ));
-    }
-
-    #[test]
-    fn leftover_after_ack_is_not_consumed() {
-        let (mut c, _) = Handshake::client(py_hello());
-        let mut wire = encode_hello(&py_hello()).to_vec();
-        wire.extend_from_slice(&encode_ack());
-        wire.extend_from_slice(b"VXrest");
-        match c.handle_input(&wire, &mut |_| {}).unwrap() {
-            Progress::Established { consumed, peer } => {
-                assert_eq!(&wire[consumed..], b"VXrest");
-                assert_eq!(peer.version.as_deref(), Some("3.3.0"));
-            }
-            p => panic!("{p:?}"),
-        }
-    }
-
-    #[test]
-    fn oversize_fails_from_prefix_alone() {
-        let (mut s, _) = Handshake::server(&py_hello());
-        assert_eq!(
-            s.handle_input(&[0x78, 0x01], &mut |_| {}).unwrap_err(),
-            HandshakeError::TooLong(30721)
-        );
-    }
-
-    #[test]
-    fn one_byte_at_a_time() {
-        let (mut s, _) = Handshake::server(&py_hello());
-        let hello = encode_hello(&py_hello());
-        let mut acks = Vec::new();
-        for (i, b) in hello.iter().enumerate() {
-            let p = s.handle_input(&[*b], &mut |x| acks.push(x)).unwrap();
-            if i + 1 < hello.len() {
-                assert_eq!(p, Progress::NeedMore);
-            } else {
-                assert!(matches!(p, Progress::Established { consumed: 1, .. }));
-            }
-        }
-        assert_eq!(acks, vec![encode_ack()]);
-    }
+/// A finished handshake: the peer, and (server) the ack to send.
+struct Done {
+    peer: PeerHello,
+    ack: Option<Bytes>,
 }
+
+fn auth_choice(method: AuthMethod) -> Map<String, Value> {
+    let mut c = Map::new();
+    c.insert("v".into(), 1.into());
+    c.insert("mech".into(), Value::String(method.as_str().into()));
+    c
+}
+
+#[cfg(test)]
+mod tests;

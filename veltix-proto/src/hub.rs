@@ -29,18 +29,20 @@
 //! assert!(hub.accept(t0).is_ok(), "the slot was released");
 //! ```
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::auth::Identity;
+use crate::config::DuplicateIdentity;
 use crate::config::ServerConfig;
 use crate::connection::{Connection, ConnectionConfig, ConnectionStats};
 use crate::correlation::IdAllocator;
 use crate::event::{CloseReason, Event, Routed};
-use crate::handshake::{encode_rejection, PeerHello, SERVER_FULL};
+use crate::handshake::{encode_rejection, HandshakeError, PeerHello, SERVER_FULL};
 use crate::server::{Rejection, Tags};
 
 mod commands;
@@ -65,6 +67,12 @@ struct Peer {
     finished: bool,
     timer: Option<Instant>,
     buffered: usize,
+    /// Identity set by the driver (a verified TLS client certificate).
+    transport_identity: Option<Identity>,
+    /// The identity this peer holds in `Hub::identities`.
+    identity: Option<String>,
+    /// Its established identity went through the duplicate rule.
+    identity_checked: bool,
 }
 
 fn slot_peer(slots: &mut [Slot], id: PeerId) -> Option<&mut Peer> {
@@ -110,16 +118,55 @@ pub struct Hub {
     stats: HubStats,
     /// The last peer serial handed out.
     serial: u32,
+    duplicate: DuplicateIdentity,
+    /// Connected identities (by name) and the peer holding each, when
+    /// `duplicate` is not `Allow`.
+    identities: HashMap<String, PeerId>,
 }
 
 impl Hub {
     /// A hub for `config` (limits, deadlines, `max_connection`).
     pub fn new(config: &ServerConfig) -> Self {
-        Self::with_connection_config(
+        let mut hub = Self::with_connection_config(
             config.connection_config(),
             config.max_connection,
             config.max_buffered_input,
-        )
+        );
+        hub.duplicate = config.duplicate_identity;
+        hub
+    }
+
+    /// Sets the rule for a second connection of one identity. `Refuse`
+    /// refuses before the ack when the connection config has
+    /// [`hold_authenticated`](ConnectionConfig::hold_authenticated) (as
+    /// [`Hub::new`] sets it), else right after it.
+    pub fn set_duplicate_identity(&mut self, rule: DuplicateIdentity) {
+        self.duplicate = rule;
+    }
+
+    /// Records the identity the transport proved for `peer` (a verified TLS
+    /// client certificate), before its handshake ends. It is reported as
+    /// the peer's identity unless the handshake authenticates another.
+    pub fn set_transport_identity(&mut self, peer: PeerId, identity: Identity) {
+        if let Some(p) = self.peer_mut(peer) {
+            p.transport_identity = Some(identity);
+        }
+    }
+
+    /// `peer`'s authenticated identity: the handshake's, else the
+    /// transport's.
+    pub fn identity(&self, peer: PeerId) -> Option<&Identity> {
+        let p = self.peer(peer)?;
+        p.conn
+            .peer_hello()
+            .and_then(PeerHello::identity)
+            .or(p.transport_identity.as_ref())
+    }
+
+    /// The connected peer holding `name`'s identity, when the duplicate rule
+    /// is `Refuse` or `Replace` (the hub only tracks identities then).
+    pub fn peer_by_identity(&self, name: &str) -> Option<PeerId> {
+        self.identities.get(name).copied()
     }
 
     /// A hub from its parts.
@@ -146,6 +193,8 @@ impl Hub {
             now: None,
             stats: HubStats::default(),
             serial: 0,
+            duplicate: DuplicateIdentity::Allow,
+            identities: HashMap::new(),
         }
     }
 
@@ -307,6 +356,9 @@ impl Hub {
             finished: false,
             timer: None,
             buffered: 0,
+            transport_identity: None,
+            identity: None,
+            identity_checked: false,
         }));
         let id = PeerId {
             index,
@@ -325,6 +377,10 @@ impl Hub {
         self.advance(now);
         if let Some(p) = self.peer_mut(peer) {
             p.conn.handle_input(now, data);
+            if !p.identity_checked && (p.conn.is_established() || p.conn.held_identity().is_some())
+            {
+                self.check_identity(peer, now);
+            }
             self.touch(peer);
             if self.buffered > self.max_buffered_input {
                 self.enforce_budget(now);
@@ -505,7 +561,10 @@ impl Hub {
 
     fn map_event(p: &mut Peer, connected: &mut usize, ev: Event) -> Option<HubEvent> {
         match ev {
-            Event::Connected(hello) => {
+            Event::Connected(mut hello) => {
+                if hello.negotiated.identity.is_none() {
+                    hello.negotiated.identity.clone_from(&p.transport_identity);
+                }
                 p.connected = true;
                 *connected += 1;
                 Some(HubEvent::Connected(hello))
@@ -578,6 +637,11 @@ impl Hub {
             self.transmit.push_back(id);
         }
         if p.conn.is_finished() && !p.finished {
+            if let Some(name) = p.identity.take() {
+                if self.identities.get(&name) == Some(&id) {
+                    self.identities.remove(&name);
+                }
+            }
             p.finished = true;
             self.live -= 1;
             self.finished.push_back(id);
@@ -590,6 +654,60 @@ impl Hub {
             self.buffered -= p.buffered;
             slot.peer = None;
             self.free.push(id.index);
+        }
+    }
+
+    /// Applies the duplicate-identity rule to `id`, which is established or
+    /// held for admission.
+    fn check_identity(&mut self, id: PeerId, now: Instant) {
+        let duplicate = self.duplicate;
+        let Some(p) = self.peer_mut(id) else {
+            return;
+        };
+        p.identity_checked = true;
+        let held = p.conn.held_identity().map(|i| i.name.clone());
+        let name = held.clone().or_else(|| {
+            p.conn
+                .peer_hello()
+                .and_then(PeerHello::identity)
+                .or(p.transport_identity.as_ref())
+                .map(|i| i.name.clone())
+        });
+        let Some(name) = name.filter(|_| duplicate != DuplicateIdentity::Allow) else {
+            if held.is_some() {
+                p.conn.admit(now);
+            }
+            return;
+        };
+        let other = self.identities.get(&name).copied().filter(|&o| o != id);
+        match (duplicate, other) {
+            (DuplicateIdentity::Refuse, Some(_)) => {
+                tracing::debug!(identity = %name, "refusing a second connection of this identity");
+                let Some(p) = self.peer_mut(id) else { return };
+                if held.is_some() {
+                    p.conn.refuse(now, HandshakeError::IdentityInUse);
+                } else {
+                    p.conn
+                        .abort(now, CloseReason::Handshake(HandshakeError::IdentityInUse));
+                }
+            }
+            (_, other) => {
+                if let Some(old) = other {
+                    tracing::debug!(identity = %name, "a newer connection replaces this identity's");
+                    if let Some(o) = self.peer_mut(old) {
+                        o.identity = None;
+                        o.conn.abort(now, CloseReason::Replaced);
+                    }
+                    self.touch(old);
+                }
+                self.identities.insert(name.clone(), id);
+                if let Some(p) = self.peer_mut(id) {
+                    p.identity = Some(name);
+                    if held.is_some() {
+                        p.conn.admit(now);
+                    }
+                }
+            }
         }
     }
 

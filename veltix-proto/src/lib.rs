@@ -13,7 +13,8 @@
 //! |---|---|
 //! | [`frame`] | the 15-byte header, [`Frame`], [`MessageType`], encoding |
 //! | [`decoder`] | stream reassembly with Veltix's resync rules, counted [`Discard`]s |
-//! | [`handshake`] | the JSON handshake state machines, version rule, rejection |
+//! | [`handshake`] | the JSON handshake state machines, version rule, rejection, capability negotiation ([`Capability`], [`Negotiated`]) |
+//! | [`auth`] | authentication in the handshake: SCRAM-SHA-256 and bearer tokens ([`ServerAuth`], [`ClientAuth`], [`CredentialStore`], [`Identity`]); see `SECURITY.md` |
 //! | [`correlation`] | request-id allocation and the pending-request table |
 //! | [`retry`] | reconnect policy: fixed delay (Veltix) or backoff with seeded jitter |
 //! | [`Connection`] | one connection, client or server, in the style of quinn-proto |
@@ -115,6 +116,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod auth;
 pub mod config;
 pub mod correlation;
 pub mod decoder;
@@ -138,8 +140,9 @@ pub mod session;
 #[doc(hidden)]
 pub mod fuzz;
 
+pub use auth::{AuthMethod, ClientAuth, CredentialStore, Identity, MemoryStore, ServerAuth};
 pub use config::Deadlines;
-pub use config::{ClientConfig, ConfigError, ServerConfig};
+pub use config::{ClientConfig, ConfigError, DuplicateIdentity, ServerConfig};
 pub use connection::{
     Connection, ConnectionConfig, ConnectionStats, DEFAULT_BODY_TIMEOUT, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_EVENT_BYTES, DEFAULT_MAX_OUTBOUND,
@@ -157,7 +160,7 @@ pub use frame::{
     EncodedFrame, Frame, Header, MessageType, PayloadTooLarge, DEFAULT_MAX_MESSAGE_SIZE,
     HEADER_LEN, MAGIC,
 };
-pub use handshake::{HandshakeError, LocalHello, PeerHello, Side};
+pub use handshake::{Capability, HandshakeError, LocalHello, Negotiated, PeerHello, Side};
 pub use hub::HubStats;
 pub use hub::{Broadcast, Hub, HubEvent, PeerId, Target};
 pub use payload::PayloadError;

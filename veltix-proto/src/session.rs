@@ -645,6 +645,16 @@ impl ClientSession {
         tracing::debug!(%error, "connect attempt failed");
         let reason = error.disconnect_reason(self.initial);
         self.phase = Phase::Idle;
+        if error.is_permanent() && !self.manual {
+            // Same credentials, same answer: one final report, no retry.
+            tracing::warn!(%error, "giving up: retrying cannot help");
+            self.last_reason = reason.clone();
+            self.last_error = Some(error);
+            let report = self.reconnect.stop(reason);
+            self.push(SessionEvent::Disconnected(report));
+            self.give_up();
+            return;
+        }
         self.failure(reason, error);
     }
 

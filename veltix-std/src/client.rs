@@ -175,6 +175,9 @@ impl Client {
 
     fn build(config: ClientConfig, tls: Option<ClientTls>) -> Result<Client, Error> {
         config.validate()?;
+        if config.auth.is_some() {
+            config.seed_auth(crate::os_seed()?);
+        }
         let seed = config.retry_seed.unwrap_or_else(|| {
             // Jitter only: a weak seed from the clock is fine here.
             std::time::SystemTime::now()
@@ -590,6 +593,13 @@ impl Client {
     /// The server's hello (`v`, `pv`, `meta`) of the current connection.
     pub fn server_hello(&self) -> Option<PeerHello> {
         self.core().session.peer_hello().cloned()
+    }
+
+    /// Who we authenticated as (and whether the server proved itself:
+    /// [`Negotiated::server_verified`](veltix_proto::Negotiated)), while
+    /// connected; `None` when connected anonymously.
+    pub fn identity(&self) -> Option<veltix_proto::Identity> {
+        self.server_hello().and_then(|h| h.negotiated.identity)
     }
 
     /// The server's address, while a connection is open.

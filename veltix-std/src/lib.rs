@@ -116,8 +116,10 @@ pub use bytes::Bytes;
 pub use client::Client;
 pub use serde_json::Value;
 pub use server::{ClientInfo, Peer, Server};
+pub use veltix_proto::auth::{self, ClientAuth, Identity, MemoryStore, ServerAuth};
 pub use veltix_proto::payload;
 pub use veltix_proto::retry::Backoff;
+pub use veltix_proto::{Capability, DuplicateIdentity, Negotiated};
 pub use veltix_proto::{
     ClientConfig, CloseReason, ConfigError, ConnectionStats, Deadlines, DisconnectReason,
     DisconnectState, Error, Frame, HandshakeError, HubStats, LocalHello, MessageType, PeerHello,
@@ -130,3 +132,15 @@ pub use veltix_tls::{ClientTls, ServerTls, TlsError, TlsInfo};
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// 32 bytes from the operating system, for the nonces of authentication.
+fn os_seed() -> Result<[u8; 32], Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| {
+        Error::Config(veltix_proto::ConfigError {
+            field: "auth",
+            problem: format!("no randomness from the operating system: {e}"),
+        })
+    })?;
+    Ok(seed)
+}

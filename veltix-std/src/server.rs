@@ -177,6 +177,9 @@ impl Server {
 
     fn build(config: ServerConfig, tls: Option<ServerTls>) -> Result<Server, Error> {
         config.validate()?;
+        if config.auth.is_some() {
+            config.seed_auth(crate::os_seed()?);
+        }
         let hub = Hub::new(&config);
         Ok(Server(Arc::new(Shared {
             config,

@@ -196,6 +196,9 @@ impl Client {
         tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     ) -> Result<Client, Error> {
         config.validate()?;
+        if config.auth.is_some() {
+            config.seed_auth(crate::os_seed()?);
+        }
         let seed = config.retry_seed.unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -533,6 +536,13 @@ impl Client {
     /// The server's hello, while connected.
     pub fn server_hello(&self) -> Option<PeerHello> {
         self.state().session.peer_hello().cloned()
+    }
+
+    /// Who we authenticated as (and whether the server proved itself:
+    /// [`Negotiated::server_verified`](veltix_proto::Negotiated)), while
+    /// connected; `None` when connected anonymously.
+    pub fn identity(&self) -> Option<veltix_proto::Identity> {
+        self.server_hello().and_then(|h| h.negotiated.identity)
     }
 
     /// The server's address, while a connection is open.

@@ -113,8 +113,10 @@ pub use io::Io;
 pub use serde_json::Value;
 pub use server::Listener;
 pub use server::{ClientInfo, Peer, Server, ServerEvent};
+pub use veltix_proto::auth::{self, ClientAuth, Identity, MemoryStore, ServerAuth};
 pub use veltix_proto::payload;
 pub use veltix_proto::retry::{Backoff, RetryPolicy};
+pub use veltix_proto::{Capability, DuplicateIdentity, Negotiated};
 pub use veltix_proto::{
     ClientConfig, CloseReason, ConfigError, ConnectionStats, Deadlines, DisconnectReason,
     DisconnectState, Error, Frame, HandshakeError, HubStats, LocalHello, MessageType, PeerHello,
@@ -143,3 +145,15 @@ pub(crate) fn instant(t: std::time::Instant) -> tokio::time::Instant {
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// 32 bytes from the operating system, for the nonces of authentication.
+fn os_seed() -> Result<[u8; 32], Error> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| {
+        Error::Config(veltix_proto::ConfigError {
+            field: "auth",
+            problem: format!("no randomness from the operating system: {e}"),
+        })
+    })?;
+    Ok(seed)
+}

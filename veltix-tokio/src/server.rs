@@ -228,6 +228,9 @@ impl Server {
 
     fn build(config: ServerConfig, tls: Option<ServerTls>) -> Result<Server, Error> {
         config.validate()?;
+        if config.auth.is_some() {
+            config.seed_auth(crate::os_seed()?);
+        }
         let hub = Hub::new(&config);
         Ok(Server(Arc::new(Inner {
             tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config().clone())),

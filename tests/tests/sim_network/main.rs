@@ -49,6 +49,10 @@ fn fifty_clients_ten_minutes_of_transport_faults() {
             "seed {seed}: the faults did not bite: {r:?}"
         );
         assert_eq!(r.lost_to_corruption, 0);
+        assert!(
+            r.authenticated >= r.connects.min(50),
+            "seed {seed}: authentication did not run: {r:?}"
+        );
     }
 }
 
@@ -83,6 +87,7 @@ fn a_clean_network_loses_nothing() {
             "seed {seed}: {r:?}"
         );
         assert_eq!(r.connects, 20);
+        assert_eq!(r.authenticated, 20, "every client proved who it is");
         assert!(r.responses > 100 && r.delivered > 1000);
     }
 }

@@ -49,6 +49,23 @@ use veltix_proto::{
 #[path = "../../../veltix-proto/tests/common/reconnect_model.rs"]
 mod reconnect_model;
 use reconnect_model::{Model, Next, Reason};
+use veltix_proto::auth::{ClientAuth, MemoryStore, ScramCredential, ServerAuth};
+
+/// The SCRAM user of even clients.
+const SIM_USER: &str = "sim-user";
+/// The identity odd clients' bearer token maps to.
+const SIM_SERVICE: &str = "sim-service";
+
+/// 32 seed bytes for a nonce generator, from the run's seed.
+fn seed_bytes(seed: u64, salt: u64) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, c) in out.chunks_mut(8).enumerate() {
+        c.copy_from_slice(
+            &(seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i as u64).to_le_bytes(),
+        );
+    }
+    out
+}
 /// xorshift64*: small, seeded, reproducible.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -270,6 +287,8 @@ pub struct Report {
     pub aborted: u64,
     /// Connections established.
     pub connects: u64,
+    /// Server-side connects whose identity was checked (authentication on).
+    pub authenticated: u64,
     /// Dials refused with `server_full`.
     pub rejections: u64,
     /// Dials that failed (refused by the network).
@@ -296,6 +315,8 @@ pub struct Report {
 /// The whole network.
 pub struct Sim {
     seed: u64,
+    /// Authentication is on (no corruption in the faults).
+    auth: bool,
     rng: Rng,
     now: Instant,
     epoch: Instant,
@@ -395,12 +416,38 @@ impl Sim {
         let mut config = ConnectionConfig::default();
         config.handshake_timeout = Duration::from_secs(3);
         config.max_outbound = 256 * 1024;
+        // Authentication on, except with corruption: a corrupted SCRAM proof
+        // is a wrong password to the server, and a client gives up at once
+        // on one by design (the reconnect model does not expect that).
+        let auth = faults.corrupt == 0.0;
+        let mut user_cfg = config.clone();
+        let mut svc_cfg = config.clone();
+        if auth {
+            let store = MemoryStore::new();
+            store.insert_user(
+                SIM_USER,
+                ScramCredential::derive("sim-pw", b"sim-salt-0123456", 4096),
+            );
+            store.insert_token(SIM_SERVICE, "sim-token");
+            let server = ServerAuth::new(store).required(true);
+            server.seed(seed_bytes(seed, 1));
+            config.server_auth = Some(server);
+            let user = ClientAuth::scram(SIM_USER, "sim-pw").require_server_auth(true);
+            user.seed(seed_bytes(seed, 2));
+            user_cfg.client_auth = Some(user);
+            svc_cfg.client_auth = Some(ClientAuth::bearer("sim-token"));
+        }
         let config = Arc::new(config);
+        let (user_cfg, svc_cfg) = (Arc::new(user_cfg), Arc::new(svc_cfg));
         let mut rng = Rng::new(seed);
         let clients = (0..clients)
             .map(|i| Client {
                 session: ClientSession::with_connection_config(
-                    config.clone(),
+                    if i % 2 == 0 {
+                        user_cfg.clone()
+                    } else {
+                        svc_cfg.clone()
+                    },
                     Reconnect::new(policy, seed ^ i as u64),
                     Duration::from_secs(3),
                     epoch,
@@ -430,6 +477,7 @@ impl Sim {
             epoch,
             faults,
             hub: Hub::with_connection_config(config, max_connections, 64 << 20),
+            auth,
             max_connections,
             links: BTreeMap::new(),
             next_link: 1,
@@ -792,12 +840,23 @@ impl Sim {
                 self.fail(format!("event for unknown peer {peer}"));
             };
             match ev {
-                HubEvent::Connected(_) => {
+                HubEvent::Connected(hello) => {
                     if !self.ever_connected.insert(peer) {
                         self.fail(format!("{peer}: Connected twice"));
                     }
                     self.connected.insert(peer);
                     let c = self.links.get(&id).map_or(0, |l| l.client);
+                    if self.auth {
+                        // Every peer proved who it is: even clients by SCRAM, odd by token.
+                        let want = if c % 2 == 0 { SIM_USER } else { SIM_SERVICE };
+                        let got = hello.identity().map(|i| i.name.as_str());
+                        if got != Some(want) {
+                            self.fail(format!(
+                                "{peer} (client {c}): identity {got:?}, expected {want}"
+                            ));
+                        }
+                        self.report.authenticated += 1;
+                    }
                     let g = self.clients[c].group;
                     match self.hub.tags_mut(peer) {
                         Some(t) => t.set_tag("group", json!(g)),

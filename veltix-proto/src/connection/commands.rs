@@ -18,7 +18,7 @@ impl Connection {
     fn check_send(&self, payload_len: usize) -> Result<(), SendError> {
         match &self.state {
             State::Closed(r) => return Err(SendError::Closed(r.clone())),
-            State::Closing => return Err(SendError::Closed(CloseReason::Local)),
+            State::Closing(r) => return Err(SendError::Closed(r.clone())),
             State::Handshaking(_) => return Err(SendError::NotConnected),
             State::Established => {}
         }
@@ -232,7 +232,7 @@ impl Connection {
             self.finish(CloseReason::Local, 0);
         } else {
             tracing::debug!(side = ?self.side, queued = self.queued_bytes(), "closing: flushing");
-            self.state = State::Closing;
+            self.state = State::Closing(CloseReason::Local);
             self.flush_deadline = Some(after(self.now, self.config.flush_timeout));
         }
     }
@@ -244,7 +244,7 @@ impl Connection {
         self.terminate(reason);
     }
 
-    fn fail_pending(&mut self, reason: &CloseReason) {
+    pub(super) fn fail_pending(&mut self, reason: &CloseReason) {
         let failed: Vec<_> = self.pending.drain().collect();
         for (request_id, p) in failed {
             self.push_event(Event::RequestFailed {

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use crate::auth::{ClientAuth, ServerAuth};
 use crate::correlation::DEFAULT_ID_WINDOW;
 use crate::decoder::{DecoderConfig, DecoderStats};
-use crate::handshake::LocalHello;
+use crate::handshake::{Capability, LocalHello};
 
 /// Default handshake deadline (Veltix's `handshake_timeout`, 5 s), applied to
 /// the **whole** handshake.
@@ -71,6 +72,21 @@ pub struct ConnectionConfig {
     /// After a local [`close`](super::Connection::close), how long queued output
     /// may take to drain before it is dropped (and reported as unsent).
     pub flush_timeout: Duration,
+    /// Capabilities offered (server) or wanted (client) in the handshake
+    /// (see [`handshake`](crate::handshake)).
+    pub capabilities: Vec<Capability>,
+    /// Server: authentication policy and credential store. `None`: no
+    /// authentication (peers are anonymous).
+    pub server_auth: Option<ServerAuth>,
+    /// Client: credentials and policy. `None`: no credentials, any server
+    /// that does not require authentication is accepted.
+    pub client_auth: Option<ClientAuth>,
+    /// Server: hold an authenticated peer before its ack until the owner
+    /// calls [`Connection::admit`](super::Connection::admit) or
+    /// [`refuse`](super::Connection::refuse) (see
+    /// [`held_identity`](super::Connection::held_identity)). The [`Hub`](crate::Hub)
+    /// sets it to refuse a second connection of one identity.
+    pub hold_authenticated: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -85,6 +101,10 @@ impl Default for ConnectionConfig {
             write_timeout: Some(DEFAULT_WRITE_TIMEOUT),
             body_timeout: Some(DEFAULT_BODY_TIMEOUT),
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
+            capabilities: Vec::new(),
+            server_auth: None,
+            client_auth: None,
+            hold_authenticated: false,
         }
     }
 }

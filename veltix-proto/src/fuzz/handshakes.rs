@@ -117,6 +117,7 @@ fn announced(m: &Map<String, Value>) -> PeerHello {
             Some(Value::Object(meta)) => meta.clone(),
             _ => Map::new(),
         },
+        ..PeerHello::default()
     }
 }
 
@@ -252,6 +253,7 @@ fn arb_message(
                 version: Some(peer.version.clone()),
                 protocol_version: "1.0".into(),
                 meta: peer.meta.clone(),
+                ..PeerHello::default()
             }),
         ),
     };

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 
 use serde_json::Value;
-use veltix_proto::{ConnectionStats, Hub, PeerHello, PeerId, Tags};
+use veltix_proto::{ConnectionStats, Hub, Identity, PeerHello, PeerId, Tags};
 use veltix_tls::TlsInfo;
 
 use crate::pool::lock;
@@ -95,6 +95,14 @@ impl Peer {
     /// ([`veltix_tls::peer_identity`]). `None` without a client certificate.
     pub fn tls_identity(&self) -> Option<String> {
         self.tls.as_deref()?.peer_identity.clone()
+    }
+    /// Who the client proved to be (authentication in the handshake, or a
+    /// verified TLS client certificate); `None` for an anonymous peer. Kept
+    /// after the client is gone.
+    pub fn identity(&self) -> Option<Identity> {
+        self.with_hub(|h| h.identity(self.id).cloned())
+            .flatten()
+            .or_else(|| self.hello().and_then(|h| h.negotiated.identity))
     }
     /// Counters of its connection (frames, bytes, counted drops), while open.
     pub fn stats(&self) -> Option<ConnectionStats> {

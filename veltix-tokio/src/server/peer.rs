@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Weak};
 
 use serde_json::Value;
-use veltix_proto::{ConnectionStats, Hub, PeerHello, PeerId, Tags};
+use veltix_proto::{ConnectionStats, Hub, Identity, PeerHello, PeerId, Tags};
 use veltix_tls::TlsInfo;
 
 use crate::lock;
@@ -92,6 +92,14 @@ impl Peer {
     /// The client's hello (kept after the client is gone).
     pub fn hello(&self) -> Option<PeerHello> {
         self.hello.as_deref().cloned()
+    }
+    /// Who the client proved to be (authentication in the handshake, or a
+    /// verified TLS client certificate); `None` for an anonymous peer. Kept
+    /// after the client is gone.
+    pub fn identity(&self) -> Option<Identity> {
+        self.with_hub(|h, id| h.identity(id).cloned())
+            .flatten()
+            .or_else(|| self.hello().and_then(|h| h.negotiated.identity))
     }
     /// Counters of the connection.
     pub fn stats(&self) -> Option<ConnectionStats> {

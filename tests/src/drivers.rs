@@ -113,6 +113,8 @@ pub trait ServerApi: Clone + Send + Sync + Sized + 'static {
     fn new(config: ServerConfig) -> Result<Self, Error>;
     /// `Server::with_tls(config, tls)`.
     fn with_tls(config: ServerConfig, tls: ServerTls) -> Result<Self, Error>;
+    /// `server.is_tls()`.
+    fn is_tls(&self) -> bool;
     /// `server.on_connect(f)`.
     fn on_connect(&self, f: impl Fn(&Self, &Self::Peer) + Send + Sync + 'static);
     /// `server.on_disconnect(f)`.
@@ -212,6 +214,8 @@ pub trait ClientApi: Clone + Send + Sync + Sized + 'static {
     fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Self, Error>;
     /// `client.tls_info()`.
     fn tls_info(&self) -> Option<TlsInfo>;
+    /// `client.is_tls()`.
+    fn is_tls(&self) -> bool;
     /// `client.on_connect(f)`.
     fn on_connect(&self, f: impl Fn(&Self) + Send + Sync + 'static);
     /// `client.on_disconnect(f)`.
@@ -367,6 +371,9 @@ impl ServerApi for veltix_std::Server {
     fn with_tls(config: ServerConfig, tls: ServerTls) -> Result<Self, Error> {
         veltix_std::Server::with_tls(config, tls)
     }
+    fn is_tls(&self) -> bool {
+        veltix_std::Server::is_tls(self)
+    }
     fn on_connect(&self, f: impl Fn(&Self, &Self::Peer) + Send + Sync + 'static) {
         veltix_std::Server::on_connect(self, f);
     }
@@ -490,6 +497,9 @@ impl ClientApi for veltix_std::Client {
     }
     fn tls_info(&self) -> Option<TlsInfo> {
         veltix_std::Client::tls_info(self)
+    }
+    fn is_tls(&self) -> bool {
+        veltix_std::Client::is_tls(self)
     }
     fn on_connect(&self, f: impl Fn(&Self) + Send + Sync + 'static) {
         veltix_std::Client::on_connect(self, f);
@@ -639,6 +649,9 @@ impl ServerApi for TokioServer {
         let _rt = runtime().enter();
         veltix_tokio::Server::with_tls(config, tls).map(TokioServer)
     }
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
+    }
     fn on_connect(&self, f: impl Fn(&Self, &Self::Peer) + Send + Sync + 'static) {
         let f = Arc::new(f);
         self.0.on_connect(move |s, p| {
@@ -787,6 +800,9 @@ impl ClientApi for TokioClient {
     }
     fn tls_info(&self) -> Option<TlsInfo> {
         self.0.tls_info()
+    }
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
     }
     fn on_connect(&self, f: impl Fn(&Self) + Send + Sync + 'static) {
         let f = Arc::new(f);

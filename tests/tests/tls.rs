@@ -154,6 +154,7 @@ fn tls_between_any_two_drivers<S: Driver, C: Driver>() {
     let server = start_tls::<S>(local(), pki.server_tls());
     let (client, _) = connect_tls::<C>(port(&server), pki.client_tls(), Duration::from_secs(5));
     let client = client.expect("TLS client connects");
+    assert!(server.is_tls() && client.is_tls());
     client
         .route(ECHO, |c, msg| {
             let _ = c.reply(&msg, ECHO, msg.payload.clone());
@@ -297,6 +298,7 @@ fn expired_certificate_is_a_typed_error<D: Driver>() {
 fn tls_client_to_plaintext_server_is_a_typed_error<D: Driver>() {
     let pki = Pki::new("Veltix test CA");
     let server = D::server(local()).expect("plain server");
+    assert!(!server.is_tls());
     server.start().expect("starts");
     let (r, took) = connect_tls::<D>(port(&server), pki.client_tls(), Duration::from_secs(5));
     let e = tls_error(r);

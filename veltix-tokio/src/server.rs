@@ -363,6 +363,11 @@ impl Server {
         Ok(())
     }
 
+    /// Whether this server is TLS-only ([`with_tls`](Self::with_tls)).
+    pub fn is_tls(&self) -> bool {
+        self.0.tls.is_some()
+    }
+
     /// The address listened on, while running.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.state().local_addr

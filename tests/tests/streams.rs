@@ -118,9 +118,11 @@ async fn tls_runs_over_any_stream() {
             .await
             .expect("TLS over a pipe");
         assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"veltix/1"[..]));
-        handshake_and_echo(&mut s, b"through TLS through a pipe").await
+        let reply = handshake_and_echo(&mut s, b"through TLS through a pipe").await;
+        // The stream stays open until the checks below (dropping it ends the peer).
+        (reply, s)
     };
-    let reply = tokio::time::timeout(Duration::from_secs(10), run)
+    let (reply, _open) = tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .expect("in time");
     assert_eq!(reply, b"through TLS through a pipe");

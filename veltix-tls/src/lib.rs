@@ -14,9 +14,11 @@
 //! * a server is plain or TLS-only; a client configured with TLS requires it;
 //! * the TLS handshake runs inside the Veltix handshake deadline
 //!   (`handshake_timeout`): a peer that stalls in it is cut like a slow hello;
-//! * a peer that does not speak TLS fails with a [`TlsError`], and EOF
-//!   without `close_notify` is an ordinary close (the core still reports a
-//!   frame cut in the middle);
+//! * a peer that does not speak TLS fails with a [`TlsError`] (a plaintext
+//!   Veltix client, which waits for the server to speak first, is answered
+//!   a plaintext [`TLS_REQUIRED`] rejection after [`plaintext_probe_delay`]),
+//!   and EOF without `close_notify` is an ordinary close (the core still
+//!   reports a frame cut in the middle);
 //! * ALPN `veltix/1` ([`ALPN`]) is offered by clients and accepted by
 //!   servers, never required (a client that offers no ALPN is served).
 //!

@@ -222,6 +222,17 @@ fn mutual_tls_identity_on_the_peer<D: Driver>() {
     let peers = server.clients();
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].tls_identity().as_deref(), Some("alice"));
+    // The certificate is the peer's authenticated identity too, and its
+    // hello (from the Connected event) carries it.
+    let id = peers[0]
+        .identity()
+        .expect("identity from the client certificate");
+    assert_eq!(
+        (id.name.as_str(), id.method),
+        ("alice", veltix_proto::AuthMethod::ClientCertificate)
+    );
+    let hello_id = peers[0].hello().and_then(|h| h.negotiated.identity);
+    assert_eq!(hello_id, Some(id));
     assert_eq!(
         peers[0].tls_info().and_then(|i| i.peer_identity).as_deref(),
         Some("alice")

@@ -679,6 +679,17 @@ pub struct TlsInfo {
 }
 
 impl TlsInfo {
+    /// The peer's certificate identity as an authenticated
+    /// [`Identity`](veltix_proto::Identity) (method `ClientCertificate`): what a
+    /// server hands its hub (`Hub::set_transport_identity`), so that
+    /// `peer.identity()`, `Connected` events and the duplicate-identity rule
+    /// see mutual-TLS clients like authenticated ones.
+    pub fn identity(&self) -> Option<veltix_proto::Identity> {
+        self.peer_identity.as_ref().map(|name| {
+            veltix_proto::Identity::new(name.clone(), veltix_proto::AuthMethod::ClientCertificate)
+        })
+    }
+
     /// What `conn` negotiated; `None` while it is still handshaking.
     pub fn of(conn: &CommonState) -> Option<TlsInfo> {
         if conn.is_handshaking() {

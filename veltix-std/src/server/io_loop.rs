@@ -62,6 +62,8 @@ struct Sock {
     /// Readable and not read to `WouldBlock` yet.
     readable: bool,
     interest: Option<Interest>,
+    /// The TLS client identity was handed to the hub (or there is none).
+    identity_known: bool,
 }
 
 /// The handler side of one connected peer.
@@ -422,6 +424,7 @@ impl IoLoop {
                                 pending: VecDeque::new(),
                                 readable: false,
                                 interest: None,
+                                identity_known: false,
                             },
                         );
                         self.dirty.insert(t);
@@ -523,7 +526,18 @@ impl IoLoop {
             let r = io::read1(&mut s.stream, &mut self.buf);
             g = lock(&shared.core);
             match r {
-                Read1::Data(n) => g.hub.handle_input(peer, now, &self.buf[..n]),
+                Read1::Data(n) => {
+                    if !s.identity_known {
+                        // Plaintext arrived: the TLS handshake is over, and a
+                        // verified client certificate is the peer's identity
+                        // before its Veltix handshake ends.
+                        s.identity_known = true;
+                        if let Some(id) = s.stream.tls_info().and_then(|i| i.identity()) {
+                            g.hub.set_transport_identity(peer, id);
+                        }
+                    }
+                    g.hub.handle_input(peer, now, &self.buf[..n]);
+                }
                 Read1::Eof => {
                     g.hub.handle_eof(peer, now);
                     break;

@@ -393,6 +393,11 @@ async fn tls_handshake<S: Io>(
                 return match r {
                     Ok(tls) => {
                         let info = TlsInfo::of(tls.get_ref().1).map(Arc::new);
+                        // A verified client certificate is the peer's identity
+                        // before its Veltix handshake ends.
+                        if let Some(ident) = info.as_ref().and_then(|i| i.identity()) {
+                            st.hub.set_transport_identity(id, ident);
+                        }
                         if let Some(p) = st.peers.get_mut(&id) {
                             p.tls = info;
                         }

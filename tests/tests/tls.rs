@@ -59,7 +59,10 @@ macro_rules! pairs {
     };
 }
 
-pairs!(tls_between_any_two_drivers);
+pairs!(
+    tls_between_any_two_drivers,
+    scram_over_tls_between_any_two_drivers
+);
 
 both!(
     mutual_tls_identity_on_the_peer,
@@ -237,6 +240,58 @@ fn mutual_tls_identity_on_the_peer<D: Driver>() {
         peers[0].tls_info().and_then(|i| i.peer_identity).as_deref(),
         Some("alice")
     );
+    assert!(client.disconnect());
+    server.shutdown(Duration::from_secs(1));
+}
+
+/// Authentication (issue 12) on top of TLS, every pair of drivers: the
+/// server requires SCRAM, the client requires the server's proof; both ends
+/// see the identity, and a wrong password is still refused inside TLS.
+fn scram_over_tls_between_any_two_drivers<S: Driver, C: Driver>() {
+    use veltix_proto::auth::{ClientAuth, MemoryStore, ScramCredential, ServerAuth};
+    let pki = Pki::new("Veltix test CA");
+    let users = MemoryStore::new();
+    users.insert_user(
+        "alice",
+        ScramCredential::derive("pencil", b"salt-of-alice-16", 4096),
+    );
+    let server = start_tls::<S>(
+        local().auth(Some(ServerAuth::new(users).required(true))),
+        pki.server_tls(),
+    );
+    let connect = |password: &str| {
+        let (port, tls) = (port(&server), pki.client_tls());
+        let auth = ClientAuth::scram("alice", password).require_server_auth(true);
+        timed("connect", Duration::from_secs(15), move || {
+            let c = C::client_tls(ClientConfig::new("127.0.0.1", port).auth(Some(auth)), tls)?;
+            c.connect().map(|()| c)
+        })
+        .0
+    };
+    let client = connect("pencil").expect("SCRAM over TLS connects");
+    assert!(client.is_tls());
+    let me = client.identity().expect("authenticated");
+    assert_eq!(me.name, "alice");
+    assert!(client.server_hello().unwrap().negotiated.server_verified);
+    assert_eq!(
+        client
+            .request(ECHO, "hi", T)
+            .expect("request")
+            .text()
+            .unwrap(),
+        "hi"
+    );
+    wait_until("the server lists the client", || {
+        server.clients().len() == 1
+    });
+    let peer = &server.clients()[0];
+    assert_eq!(peer.identity().map(|i| i.name).as_deref(), Some("alice"));
+    assert!(peer.tls_info().is_some());
+    match connect("wrong") {
+        Err(Error::Handshake(veltix_proto::HandshakeError::AuthenticationFailed)) => {}
+        Err(e) => panic!("expected AuthenticationFailed, got {e:?}"),
+        Ok(_) => panic!("a wrong password connected"),
+    }
     assert!(client.disconnect());
     server.shutdown(Duration::from_secs(1));
 }

@@ -40,10 +40,13 @@ fn config(b: u8) -> ConnectionConfig {
     }
 }
 
-/// Moves up to `k` queued bytes (all when `k` is 0) into `f`.
-fn take(q: &mut VecDeque<u8>, k: usize) -> Vec<u8> {
+/// Up to `k` queued bytes (all when `k` is 0), then drops them from `q`
+/// once `f` has seen them (no byte-by-byte copy).
+fn take<R>(q: &mut VecDeque<u8>, k: usize, f: impl FnOnce(&[u8]) -> R) -> R {
     let k = if k == 0 { q.len() } else { k.min(q.len()) };
-    q.drain(..k).collect()
+    let r = f(&q.make_contiguous()[..k]);
+    q.drain(..k);
+    r
 }
 
 // ----------------------------------------------------------------- session
@@ -200,17 +203,21 @@ impl SessionWorld {
             }
             6 => {
                 let k = usize::from(byte(u)?);
-                let bytes = take(&mut self.to_client, k);
-                if !bytes.is_empty() && self.open.is_some() {
-                    self.s.handle_input(now, &bytes);
-                }
+                let (s, open) = (&mut self.s, self.open.is_some());
+                take(&mut self.to_client, k, |bytes| {
+                    if !bytes.is_empty() && open {
+                        s.handle_input(now, bytes);
+                    }
+                });
             }
             7 => {
                 let k = usize::from(byte(u)?);
-                let bytes = take(&mut self.to_server, k);
-                if let Some(srv) = self.server.as_mut() {
-                    srv.handle_input(now, &bytes);
-                }
+                let server = self.server.as_mut();
+                take(&mut self.to_server, k, |bytes| {
+                    if let Some(srv) = server {
+                        srv.handle_input(now, bytes);
+                    }
+                });
             }
             8 => {
                 if self.open.is_some() {
@@ -515,17 +522,21 @@ impl HubWorld {
             1 => {
                 if let Some(i) = i {
                     let c = &mut self.clients[i];
-                    let bytes = take(&mut c.to_hub, usize::from(code >> 4) * 16);
-                    if !c.finished && !bytes.is_empty() {
-                        self.hub.handle_input(c.peer, now, &bytes);
-                    }
+                    let (hub, peer, finished) = (&mut self.hub, c.peer, c.finished);
+                    take(&mut c.to_hub, usize::from(code >> 4) * 16, |bytes| {
+                        if !finished && !bytes.is_empty() {
+                            hub.handle_input(peer, now, bytes);
+                        }
+                    });
                 }
             }
             2 => {
                 if let Some(i) = i {
                     let c = &mut self.clients[i];
-                    let bytes = take(&mut c.to_client, usize::from(code >> 4) * 16);
-                    c.conn.handle_input(now, &bytes);
+                    let conn = &mut c.conn;
+                    take(&mut c.to_client, usize::from(code >> 4) * 16, |bytes| {
+                        conn.handle_input(now, bytes)
+                    });
                 }
             }
             3 => {

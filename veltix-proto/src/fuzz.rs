@@ -15,6 +15,7 @@
 //! | [`frame_decode`] | arbitrary bytes into a [`Decoder`](crate::Decoder) of arbitrary limits, in arbitrary chunks |
 //! | [`frame_roundtrip`] | frame → bytes → frame, and bytes → frames → the same bytes |
 //! | [`frame_chunking`] | one valid stream, cut anywhere, gives the frames of one push |
+//! | [`decoder_resync`] | resync-heavy streams (bad CRCs, magic everywhere, huge lengths) against a small CRC budget: bounded work, honest frames still found |
 //! | [`handshake_client`], [`handshake_server`] | arbitrary peer bytes and JSON objects at every handshake step |
 //! | [`connection_ops`] | a client and a server core joined by byte queues, under arbitrary commands, time and corruption |
 //! | [`retry_policy`] | arbitrary (also non-finite) retry settings under arbitrary failure sequences |
@@ -37,6 +38,7 @@ mod auth;
 mod frames;
 mod handshakes;
 mod ops;
+mod resync;
 mod retries;
 mod sessions;
 
@@ -44,6 +46,7 @@ pub use auth::handshake_auth;
 pub use frames::{frame_chunking, frame_decode, frame_roundtrip};
 pub use handshakes::{handshake_client, handshake_server};
 pub use ops::connection_ops;
+pub use resync::{decoder_resync, decoder_resync_report, ResyncReport};
 pub use retries::retry_policy;
 pub use sessions::{hub_ops, session_ops};
 
@@ -57,6 +60,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("frame_decode", frame_decode),
     ("frame_roundtrip", frame_roundtrip),
     ("frame_chunking", frame_chunking),
+    ("decoder_resync", decoder_resync),
     ("handshake_client", handshake_client),
     ("handshake_server", handshake_server),
     ("handshake_auth", handshake_auth),

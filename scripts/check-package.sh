@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-crates=(veltix-proto veltix-std veltix-tokio veltix-cli)
+crates=(veltix-proto veltix-sim veltix-tls veltix-std veltix-tokio veltix-cli)
 
 echo "==> package metadata: ${crates[*]}"
 cargo metadata --no-deps --format-version 1 --locked | python3 -c '

@@ -13,15 +13,16 @@
 #   -l N         -max_len (default 4096)
 #   -N LEVEL     nice level (default 10: other work on the machine goes first)
 #   -M           do not merge the working corpus into corpus/<target>
+#   -Z           no fuzzing: only merge work/<target> into corpus/<target>
 #   -R           do not append to fuzz/README.md (print the rows only)
 #   -- ARGS      more libFuzzer flags, for every target
 #
 # Per target: libFuzzer runs with work/<target> (git-ignored, kept between
 # campaigns) and corpus/<target>; its logs go to work/logs/<target>/. Then,
-# unless -M: inputs of work/<target> that reach edges the committed corpus
-# does not are merged into corpus/<target> (-merge=1 -use_counters=0, edges
-# only, so that the committed corpus stays small); when it passes 200 files
-# it is minimised whole (the named seeds of make_corpus.py always stay).
+# unless -M, corpus/<target> becomes the named seeds of make_corpus.py plus
+# at most 200 inputs of both corpora chosen greedily by the edges they add
+# (fuzz/minimise.py over libFuzzer's merge control file: edges, not hit
+# counts, so that the committed corpus stays small).
 # The row: executions (summed over the workers' final stats), executions per
 # second of wall time, edges (cov) and features (ft) of the merged corpus
 # replayed by the same binary, corpus size before -> after, and findings
@@ -37,7 +38,8 @@ max_len=4096
 nice_level=10
 merge=1
 readme=1
-while getopts "t:n:j:s:l:N:MR" opt; do
+fuzz=1
+while getopts "t:n:j:s:l:N:MZR" opt; do
   case $opt in
     t) secs=$OPTARG ;;
     n) execs=$OPTARG ;;
@@ -46,6 +48,7 @@ while getopts "t:n:j:s:l:N:MR" opt; do
     l) max_len=$OPTARG ;;
     N) nice_level=$OPTARG ;;
     M) merge= ;;
+    Z) fuzz= readme= ;;
     R) readme= ;;
     *) sed -n '2,30p' "$0" >&2; exit 2 ;;
   esac
@@ -85,21 +88,25 @@ started=$(date -u +%Y-%m-%dT%H:%MZ)
 for t in "${targets[@]}"; do
   bin=$PWD/$bin_dir/$t
   mkdir -p "work/$t" "corpus/$t" "artifacts/$t" "work/logs/$t"
-  rm -f "work/logs/$t"/fuzz-*.log
+  [ -n "$fuzz" ] && rm -f "work/logs/$t"/fuzz-*.log
   before_files=$(count "corpus/$t")
   before_artifacts=$(count "artifacts/$t")
   limits=(-max_total_time="$secs")
   if [ -n "$execs" ]; then
     limits+=(-runs=$(((execs + jobs - 1) / jobs)))
   fi
-  echo "==> $t: $jobs workers, ${secs}s${execs:+ or $execs executions}, sanitizer $san"
   t0=$(date +%s)
-  # -jobs writes each worker's output to fuzz-<n>.log in the current folder.
-  (cd "work/logs/$t" && nice -n "$nice_level" "$bin" \
-    -artifact_prefix="$OLDPWD/artifacts/$t/" -max_len="$max_len" \
-    -jobs="$jobs" -workers="$jobs" -print_final_stats=1 "${limits[@]}" \
-    ${extra[@]+"${extra[@]}"} "$OLDPWD/work/$t" "$OLDPWD/corpus/$t" \
-    >"$OLDPWD/work/logs/$t/driver.log" 2>&1) || true
+  if [ -n "$fuzz" ]; then
+    echo "==> $t: $jobs workers, ${secs}s${execs:+ or $execs executions}, sanitizer $san"
+    # -jobs writes each worker's output to fuzz-<n>.log in the current folder.
+    (cd "work/logs/$t" && nice -n "$nice_level" "$bin" \
+      -artifact_prefix="$OLDPWD/artifacts/$t/" -max_len="$max_len" \
+      -jobs="$jobs" -workers="$jobs" -print_final_stats=1 "${limits[@]}" \
+      ${extra[@]+"${extra[@]}"} "$OLDPWD/work/$t" "$OLDPWD/corpus/$t" \
+      >"$OLDPWD/work/logs/$t/driver.log" 2>&1) || true
+  else
+    echo "==> $t: merging work/$t into corpus/$t"
+  fi
   wall=$(($(date +%s) - t0))
   runs=$(cat "work/logs/$t"/fuzz-*.log 2>/dev/null |
     sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s += $1} END {print s + 0}')
@@ -115,22 +122,21 @@ for t in "${targets[@]}"; do
   findings=$(($(count "artifacts/$t") - before_artifacts))
 
   if [ -n "$merge" ]; then
+    # The edges of every input of both corpora (a merge into an empty folder
+    # runs them all and writes a control file), then minimise.py keeps the
+    # named seeds and picks greedily the inputs that add the most edges, up
+    # to 200 files.
+    tmp=$(mktemp -d)
+    mkdir "$tmp/out"
     nice -n "$nice_level" "$bin" -merge=1 -use_counters=0 -max_len="$max_len" \
-      "corpus/$t" "work/$t" >"work/logs/$t/merge.log" 2>&1 || true
-    if [ "$(count "corpus/$t")" -gt 200 ]; then
-      # Minimise the whole corpus: the smallest set reaching the same edges,
-      # plus the named seeds.
-      min=$(mktemp -d)
-      nice -n "$nice_level" "$bin" -merge=1 -use_counters=0 -max_len="$max_len" \
-        "$min" "corpus/$t" >"work/logs/$t/minimise.log" 2>&1 || true
-      if [ "$(count "$min")" -gt 0 ]; then
-        for f in "corpus/$t"/*; do is_seed "$f" || rm -f "$f"; done
-        for f in "corpus/$t"/*; do rm -f "$min/$(sha1sum <"$f" | cut -c1-40)"; done
-        cp "$min"/* "corpus/$t"/ 2>/dev/null || true
-      fi
-      rm -rf "$min"
+      -merge_control_file="$tmp/control" "$tmp/out" "corpus/$t" "work/$t" \
+      >"work/logs/$t/merge.log" 2>&1 || true
+    if [ -s "$tmp/control" ]; then
+      python3 minimise.py "$tmp/control" "corpus/$t" 200 | tee -a "work/logs/$t/merge.log"
     fi
+    rm -rf "$tmp"
   fi
+  [ -n "$fuzz" ] || continue
   after_files=$(count "corpus/$t")
   # Edges and features of the (merged) corpus, as this binary sees them.
   inited=$("$bin" -runs=0 -max_len="$max_len" "corpus/$t" 2>&1 | grep -E 'INITED|DONE' | tail -1 || true)
@@ -142,6 +148,7 @@ for t in "${targets[@]}"; do
   rows+=("$row")
 done
 
+[ ${#rows[@]} -gt 0 ] || exit 0
 machine="$(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), load $(cut -d' ' -f1-3 /proc/loadavg) at the end"
 command="fuzz/campaign.sh -t $secs${execs:+ -n $execs} -j $jobs -s $san -l $max_len -N $nice_level${extra[*]:+ -- ${extra[*]}} ${targets[*]}"
 {

@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """Writes the seed corpus fuzz/corpus/<target>/ from the golden vectors.
 
-Run from anywhere: `python3 fuzz/make_corpus.py`. It rewrites every
-fuzz/corpus/<target>/ folder from scratch (deterministically), so the
-committed corpus always matches veltix-proto/tests/vectors.json and the
-input layouts documented in veltix-proto/src/fuzz*.rs and fuzz/README.md.
+Run from anywhere: `python3 fuzz/make_corpus.py`. It rewrites the named
+seeds of every fuzz/corpus/<target>/ folder (deterministically), so that they
+always match veltix-proto/tests/vectors.json and the input layouts documented
+in veltix-proto/src/fuzz*.rs and fuzz/README.md. Files named by their SHA-1
+(inputs fuzz/campaign.sh merged in from libFuzzer's working corpus) are left
+alone: after a layout change, delete them by hand (`rm fuzz/corpus/<t>/?????...`)
+or let the next campaign's merge replace them.
 """
 
 import json
 import random
-import shutil
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -22,6 +25,7 @@ TARGETS = [
     "frame_decode",
     "frame_roundtrip",
     "frame_chunking",
+    "decoder_resync",
     "handshake_client",
     "handshake_server",
     "connection_ops",
@@ -34,9 +38,12 @@ TARGETS = [
 # fuzz/corpus/handshake_auth alone.
 
 written = {t: 0 for t in TARGETS}
+SHA1 = re.compile(r"[0-9a-f]{40}")
 for t in TARGETS:
-    shutil.rmtree(OUT / t, ignore_errors=True)
-    (OUT / t).mkdir(parents=True)
+    (OUT / t).mkdir(parents=True, exist_ok=True)
+    for old in (OUT / t).iterdir():
+        if old.is_file() and not SHA1.fullmatch(old.name):
+            old.unlink()
 
 
 def put(target, name, data):
@@ -126,6 +133,44 @@ for s, data in streams:
     put("frame_chunking", s["name"], data)
 put("frame_chunking", "split_read_check", split_stream)
 put("frame_chunking", "all_frames", b"".join(d for _, d in frames))
+
+# -------------------------------------------------------------- decoder_resync
+# 4 bytes: p0 bits 0-1 max_message_size (64, 256, 1024, 4096), bits 2-3 drain
+# mode, bit 4 push_bytes now and then; p1 % 9 resync_budget_factor; p2 & 7
+# resync_budget_burst class (0, max/2, max-16, max, 4 max, 40 MiB, 15 x (p2 >> 3),
+# 40 MiB); p3 cut style. Then ops of two bytes, op (low 3 bits) and arg:
+R_HONEST, R_HEADER, R_ATTACK, R_MAGIC, R_HUGE, R_RAW, R_BADFRAME, R_ZEROS = range(8)
+
+
+def honest(arg, fill):
+    return [R_HONEST, arg, fill]
+
+
+def raw(data):
+    assert len(data) < 32
+    return [R_RAW, len(data)] + list(data)
+
+
+resync_seeds = {
+    # The attack of issue 10 at 4 KiB: 320 headers exhaust the default factor.
+    "attack-4k-exhausts-default-factor": [3, 8, 5, 0] + [R_ATTACK, 63] * 5 + honest(40, 0x61),
+    # Four such headers are paid for, and the honest frame among them comes through.
+    "attack-4k-then-honest": [3, 8, 5, 3] + [R_ATTACK, 3] + honest(40, 0x61) + [R_ZEROS, 63] * 5,
+    # The same against a burst of one max_message_size: the decoder gives up.
+    "attack-256-small-burst": [1, 8, 3, 3] + [R_ATTACK, 63] * 4 + honest(10, 0x62),
+    "honest-after-garbage": [2, 8, 4, 1] + raw(b"0123456789") + honest(5, 0x41)
+    + [R_MAGIC, 20] + honest(7, 0x42) + [R_HUGE | 8, 0] + honest(9, 0x43) + [R_ZEROS, 3] + honest(1, 0x44),
+    "zero-budget": [0, 0, 0, 2] + [R_BADFRAME, 3] + honest(2, 0x31) + [R_HEADER, 0] + [R_ZEROS, 4] + honest(3, 0x32),
+    "limit-hit-30-byte-burst": [1, 1, 6 | (2 << 3), 5] + [R_HEADER, 0] + [R_ZEROS, 20] + honest(4, 0x33),
+    "magic-runs": [2, 8, 4, 1] + [R_MAGIC | 8, 63] + [R_MAGIC, 63] + honest(12, 0x34) + [R_HEADER | 0x80, 50],
+    "drain-at-end-bytewise": [3 | (3 << 2), 4, 4, 1] + [R_HEADER, 1] + honest(30, 0x35) + [R_ATTACK, 10]
+    + honest(3, 0x36) + [R_ZEROS, 63] * 5,
+    "empty-payload-bad-crcs": [0, 8, 1, 2] + [R_HEADER | 0xC0, 0] * 10 + honest(0, 0),
+    "push-bytes-mixed": [2 | 0x10 | (1 << 2), 2, 2, 5] + [R_BADFRAME, 200] + honest(100, 0x37) + [R_HUGE, 7]
+    + raw(b"VVXX") + honest(50, 0x38),
+}
+for name, data in resync_seeds.items():
+    put("decoder_resync", name, bytes(data))
 
 # ------------------------------------------------------------ handshake_client
 # 4 bytes: flags (bit 0 structured, bit 1 strict, bit 2 EOF at the end,
@@ -339,8 +384,8 @@ for name, data in hub_seeds.items():
     put("hub_ops", name, bytes(data))
 
 total = sum(written.values())
-size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
+size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file() and not SHA1.fullmatch(p.name))
 for t in TARGETS:
     print(f"{t:18} {written[t]:4} files")
-print(f"{'total':18} {total:4} files, {size} bytes")
+print(f"{'total':18} {total:4} seed files, {size} bytes")
 assert total < 200 and size < 1 << 20, "keep the seed corpus small"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command: formatting, MSRV check, lints, docs, and every
-# test of the workspace.
+# The project's test command: formatting, MSRV check, lints, docs, the
+# packaging check, and every test of the workspace.
 # Usage: ./scripts/test.sh        (from anywhere inside the repository)
 #
 # Every cargo command that resolves dependencies runs with --locked: a
@@ -29,6 +29,10 @@ fi
 
 echo "==> RUSTDOCFLAGS='-D warnings' cargo doc --workspace --no-deps --locked"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+
+# The library crates and the CLI package with real metadata.
+echo "==> scripts/check-package.sh"
+./scripts/check-package.sh
 
 # The Python peer for the interop tests: veltix 3.3.0 in a project-local venv.
 if ! .venv/bin/python -c "import veltix, sys; sys.exit(veltix.__version__ != '3.3.0')" 2>/dev/null; then

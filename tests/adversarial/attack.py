@@ -32,6 +32,7 @@ import resource
 import select
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -89,8 +90,21 @@ def read_hs(sock: socket.socket, deadline: float) -> dict:
     return obj
 
 
-def connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> socket.socket:
-    """TCP connect + the three-message handshake; returns a blocking socket."""
+def tls_context(cafile: str | None) -> ssl.SSLContext:
+    """A client context trusting the server's self-signed certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if cafile:
+        ctx.load_verify_locations(cafile)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["veltix/1"])
+    return ctx
+
+
+def connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None,
+            tls: ssl.SSLContext | None = None) -> socket.socket:
+    """TCP connect (+ TLS with `tls`) + the three-message handshake; returns a blocking socket."""
     deadline = time.monotonic() + timeout
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -99,6 +113,8 @@ def connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> socke
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.settimeout(timeout)
         s.connect((HOST, port))
+        if tls is not None:
+            s = tls.wrap_socket(s, server_hostname="localhost")
         hello = read_hs(s, deadline)
         if "error" in hello:
             raise ProtoError(f"server refused: {hello['error']}")
@@ -151,9 +167,11 @@ class Legit(threading.Thread):
     (and as `probe_timeout` of latency), after which it reconnects."""
 
     def __init__(self, port: int, reconnect_every: float | None = None,
-                 interval: float = 0.05, probe_timeout: float = 3.0):
+                 interval: float = 0.05, probe_timeout: float = 3.0,
+                 tls: ssl.SSLContext | None = None):
         super().__init__(daemon=True)
         self.port = port
+        self.tls = tls
         self.reconnect_every = reconnect_every
         self.interval = interval
         self.probe_timeout = probe_timeout
@@ -165,7 +183,7 @@ class Legit(threading.Thread):
 
     def _connect(self):
         t0 = time.monotonic()
-        s = connect(self.port, timeout=self.probe_timeout)
+        s = connect(self.port, timeout=self.probe_timeout, tls=self.tls)
         self.connect_ms.append((t0, (time.monotonic() - t0) * 1000))
         return s, FrameReader(s), time.monotonic()
 
@@ -271,6 +289,7 @@ class Help:
         except (OSError, subprocess.TimeoutExpired) as e:
             sys.exit(f"attack.py: cannot run {binary} serve --help: {e}")
         self.driver = os.environ.get("VELTIX_DRIVER_FLAG") == "1" or "--driver" in self.text
+        self.tls_self_signed = "--tls-self-signed" in self.text
         self.write_timeout = "--write-timeout" in self.text
         self.max_workers = "--max-workers" in self.text
 
@@ -291,6 +310,9 @@ class Server:
                                      stderr=self.errf, preexec_fn=pre)
         self.pid = self.proc.pid
         self.port = self._read_port()
+        # `--tls-self-signed` names the certificate to trust on line 2.
+        m = re.search(rb"--tls-ca (\S+)\)", self._rest)
+        self.cafile = m.group(1).decode() if m else None
         self.disconnects = 0
         self.connects = 0
         self.disconnect_times: list[float] = []
@@ -493,10 +515,15 @@ class Result:
 
 
 def session(ctx: Ctx, res: Result, body, extra=(), nofile=None, reconnect_every=None,
-            legit_bound=LEGIT_MAX_MS, rss_bound=RSS_BOUND_MIB):
-    """Server + legit client around `body(srv, res)`; stops both, records figures."""
+            legit_bound=LEGIT_MAX_MS, rss_bound=RSS_BOUND_MIB, tls=False):
+    """Server + legit client around `body(srv, res)`; stops both, records figures.
+    With `tls`, the server serves TLS only (a self-signed certificate) and the
+    legit client speaks TLS, verifying it."""
+    if tls:
+        extra = [*extra, "--tls-self-signed"]
     srv = ctx.server(extra, nofile)
-    lg = Legit(srv.port, reconnect_every=reconnect_every)
+    lg = Legit(srv.port, reconnect_every=reconnect_every,
+               tls=tls_context(srv.cafile) if tls else None)
     lg.start()
     time.sleep(0.3)
     try:
@@ -718,6 +745,37 @@ def attack_slowloris(ctx):
     return res
 
 
+def attack_tls_handshake_stall(ctx):
+    """9. TLS server: 300 connections that stall in the TLS handshake (nothing,
+    half a ClientHello, a whole ClientHello and never the rest) and 100 that
+    send garbage records, while a TLS client keeps working."""
+    res = Result("tls_handshake_stall")
+    if not ctx.help.tls_self_signed:
+        res.problems.append("binary has no --tls-self-signed flag")
+        return res
+    d = ctx.dur(10, 8)
+
+    def body(srv, res, lg):
+        w = Worker("tlsstall", srv.port, conns=300, garbage=100, duration=d)
+        res.check(w.expect("ready", 30) is not None, "attackers could not connect")
+        done = w.expect("done", d + 20) or {}
+        w.finish()
+        n, cut = done.get("connected", 0), done.get("cut", 0)
+        res.fig("conns", n)
+        res.fig("cut", cut)
+        res.fig("stall_cut_max", done.get("stall_cut_max"), "{:.1f}s")
+        res.fig("garbage_cut_max", done.get("garbage_cut_max"), "{:.2f}s")
+        res.check(n == 400, f"only {n}/400 attacking connections opened")
+        res.check(cut == n, f"{n - cut} connections still open after {d:.0f}s")
+        res.check((done.get("stall_cut_max") or 99) <= 7.0,
+                  "a stalled TLS handshake outlived the 5 s handshake deadline by >2 s")
+        res.check((done.get("garbage_cut_max") or 99) <= 2.0,
+                  "a connection sending garbage records was not cut within 2 s")
+
+    session(ctx, res, body, reconnect_every=1.0, tls=True)
+    return res
+
+
 def attack_shutdown_nonreader(ctx):
     """8. SIGTERM while a non-reading client has a large pending output."""
     res = Result("shutdown_nonreader")
@@ -910,6 +968,7 @@ ATTACKS = [
     ("fd_exhaustion", attack_fd_exhaustion),
     ("callback_starvation", attack_callback_starvation),
     ("slowloris", attack_slowloris),
+    ("tls_handshake_stall", attack_tls_handshake_stall),
     ("shutdown_nonreader", attack_shutdown_nonreader),
     ("auth_abuse", attack_auth_abuse),
 ]
@@ -1186,6 +1245,74 @@ def worker_slowloris(port, conns, duration):
         cut_min=min(cut_after, default=None))
 
 
+def client_hello() -> bytes:
+    """A real TLS ClientHello (what Python's ssl sends first)."""
+    ctx = tls_context(None)
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(inc, out, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
+def worker_tlsstall(port, conns, garbage, duration):
+    """`conns` connections stall in the TLS handshake (in turn: nothing, half a
+    ClientHello, a whole one and never the rest); `garbage` more send a whole
+    record of junk, or plaintext HTTP. Reports when the server cut each kind."""
+    raise_nofile()
+    hello = client_hello()
+    # A whole application-data record before any handshake, or no TLS at all.
+    junk = (b"\x17\x03\x03\x08\x00" + random.randbytes(2048), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    socks, t_conn, kind = {}, {}, {}
+    for i in range(conns + garbage):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(3.0)
+        try:
+            s.connect((HOST, port))
+            if i >= conns:
+                s.sendall(junk[i % 2])
+                k = "garbage"
+            elif i % 3 == 1:
+                s.sendall(hello[: len(hello) // 2])
+                k = "stall"
+            elif i % 3 == 2:
+                s.sendall(hello)
+                k = "stall"
+            else:
+                k = "stall"
+        except OSError:
+            s.close()
+            continue
+        s.setblocking(False)
+        socks[s.fileno()] = s
+        t_conn[s.fileno()] = time.monotonic()
+        kind[s.fileno()] = k
+    n = len(socks)
+    say("ready", connected=n)
+    cut = {"stall": [], "garbage": []}
+    end = time.monotonic() + duration
+    while socks and time.monotonic() < end:
+        r, _, _ = select.select(list(socks.values()), [], [], 0.1)
+        for s in r:
+            fd = s.fileno()
+            try:
+                data = s.recv(65536)  # the server's handshake flight, alerts: drained
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                cut[kind[fd]].append(time.monotonic() - t_conn[fd])
+                socks.pop(fd).close()
+    for s in socks.values():
+        s.close()
+    say("done", connected=n, cut=len(cut["stall"]) + len(cut["garbage"]),
+        stall_cut_max=max(cut["stall"], default=None),
+        garbage_cut_max=max(cut["garbage"], default=None))
+
+
 WORKERS = {
     "flood": worker_flood,
     "multi": worker_multi,
@@ -1196,6 +1323,7 @@ WORKERS = {
     "slowloris": worker_slowloris,
     "scram_stall": worker_scram_stall,
     "auth_guess": worker_auth_guess,
+    "tlsstall": worker_tlsstall,
 }
 
 

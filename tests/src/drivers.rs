@@ -29,6 +29,7 @@ use veltix_proto::{
 
 use bytes::Bytes;
 use serde_json::Value;
+use veltix_tls::{ClientTls, ServerTls, TlsInfo};
 
 /// A Veltix driver seen through the synchronous facade.
 pub trait Driver: Send + Sync + 'static {
@@ -49,6 +50,16 @@ pub trait Driver: Send + Sync + 'static {
     /// `Client::new(config)`.
     fn client(config: ClientConfig) -> Result<Self::Client, Error> {
         Self::Client::new(config)
+    }
+
+    /// `Server::with_tls(config, tls)`.
+    fn server_tls(config: ServerConfig, tls: ServerTls) -> Result<Self::Server, Error> {
+        Self::Server::with_tls(config, tls)
+    }
+
+    /// `Client::with_tls(config, tls)`.
+    fn client_tls(config: ClientConfig, tls: ClientTls) -> Result<Self::Client, Error> {
+        Self::Client::with_tls(config, tls)
     }
 }
 
@@ -88,6 +99,10 @@ pub trait PeerApi: Clone + Eq + Hash + std::fmt::Debug + Send + Sync + 'static {
     fn clear_tags(&self);
     /// `peer.tags()`.
     fn tags(&self) -> Tags;
+    /// `peer.tls_info()`.
+    fn tls_info(&self) -> Option<TlsInfo>;
+    /// `peer.tls_identity()`.
+    fn tls_identity(&self) -> Option<String>;
 }
 
 /// The `Server` table of API.md (tokio: every async method blocked on).
@@ -96,6 +111,10 @@ pub trait ServerApi: Clone + Send + Sync + Sized + 'static {
     type Peer: PeerApi;
     /// `Server::new(config)`.
     fn new(config: ServerConfig) -> Result<Self, Error>;
+    /// `Server::with_tls(config, tls)`.
+    fn with_tls(config: ServerConfig, tls: ServerTls) -> Result<Self, Error>;
+    /// `server.is_tls()`.
+    fn is_tls(&self) -> bool;
     /// `server.on_connect(f)`.
     fn on_connect(&self, f: impl Fn(&Self, &Self::Peer) + Send + Sync + 'static);
     /// `server.on_disconnect(f)`.
@@ -191,6 +210,12 @@ pub trait ServerApi: Clone + Send + Sync + Sized + 'static {
 pub trait ClientApi: Clone + Send + Sync + Sized + 'static {
     /// `Client::new(config)`.
     fn new(config: ClientConfig) -> Result<Self, Error>;
+    /// `Client::with_tls(config, tls)`.
+    fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Self, Error>;
+    /// `client.tls_info()`.
+    fn tls_info(&self) -> Option<TlsInfo>;
+    /// `client.is_tls()`.
+    fn is_tls(&self) -> bool;
     /// `client.on_connect(f)`.
     fn on_connect(&self, f: impl Fn(&Self) + Send + Sync + 'static);
     /// `client.on_disconnect(f)`.
@@ -312,6 +337,12 @@ macro_rules! peer_api {
             fn tags(&self) -> Tags {
                 <$t>::tags(self)
             }
+            fn tls_info(&self) -> Option<TlsInfo> {
+                <$t>::tls_info(self)
+            }
+            fn tls_identity(&self) -> Option<String> {
+                <$t>::tls_identity(self)
+            }
         }
     };
 }
@@ -336,6 +367,12 @@ impl ServerApi for veltix_std::Server {
     type Peer = veltix_std::Peer;
     fn new(config: ServerConfig) -> Result<Self, Error> {
         veltix_std::Server::new(config)
+    }
+    fn with_tls(config: ServerConfig, tls: ServerTls) -> Result<Self, Error> {
+        veltix_std::Server::with_tls(config, tls)
+    }
+    fn is_tls(&self) -> bool {
+        veltix_std::Server::is_tls(self)
     }
     fn on_connect(&self, f: impl Fn(&Self, &Self::Peer) + Send + Sync + 'static) {
         veltix_std::Server::on_connect(self, f);
@@ -454,6 +491,15 @@ impl ServerApi for veltix_std::Server {
 impl ClientApi for veltix_std::Client {
     fn new(config: ClientConfig) -> Result<Self, Error> {
         veltix_std::Client::new(config)
+    }
+    fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Self, Error> {
+        veltix_std::Client::with_tls(config, tls)
+    }
+    fn tls_info(&self) -> Option<TlsInfo> {
+        veltix_std::Client::tls_info(self)
+    }
+    fn is_tls(&self) -> bool {
+        veltix_std::Client::is_tls(self)
     }
     fn on_connect(&self, f: impl Fn(&Self) + Send + Sync + 'static) {
         veltix_std::Client::on_connect(self, f);
@@ -599,6 +645,13 @@ impl ServerApi for TokioServer {
         let _rt = runtime().enter();
         veltix_tokio::Server::new(config).map(TokioServer)
     }
+    fn with_tls(config: ServerConfig, tls: ServerTls) -> Result<Self, Error> {
+        let _rt = runtime().enter();
+        veltix_tokio::Server::with_tls(config, tls).map(TokioServer)
+    }
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
+    }
     fn on_connect(&self, f: impl Fn(&Self, &Self::Peer) + Send + Sync + 'static) {
         let f = Arc::new(f);
         self.0.on_connect(move |s, p| {
@@ -740,6 +793,16 @@ impl ClientApi for TokioClient {
     fn new(config: ClientConfig) -> Result<Self, Error> {
         let _rt = runtime().enter();
         veltix_tokio::Client::new(config).map(TokioClient)
+    }
+    fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Self, Error> {
+        let _rt = runtime().enter();
+        veltix_tokio::Client::with_tls(config, tls).map(TokioClient)
+    }
+    fn tls_info(&self) -> Option<TlsInfo> {
+        self.0.tls_info()
+    }
+    fn is_tls(&self) -> bool {
+        self.0.is_tls()
     }
     fn on_connect(&self, f: impl Fn(&Self) + Send + Sync + 'static) {
         let f = Arc::new(f);

@@ -663,6 +663,7 @@ pub mod tokio_peers {
 }
 
 pub mod drivers;
+pub mod pki;
 pub mod raw;
 
 /// `config` with negotiation on: a capability offered and authentication

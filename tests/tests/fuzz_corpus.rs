@@ -27,7 +27,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use veltix_proto::fuzz::{body, Body, XorShift, TARGETS};
+use veltix_proto::fuzz::{body, decoder_resync_report, Body, XorShift, TARGETS};
 
 /// Inputs of the seeded sweep, per target.
 const SWEEP: usize = 2_000;
@@ -182,6 +182,7 @@ targets!(
     frame_decode,
     frame_roundtrip,
     frame_chunking,
+    decoder_resync,
     handshake_client,
     handshake_server,
     handshake_auth,
@@ -190,6 +191,46 @@ targets!(
     session_ops,
     hub_ops,
 );
+
+/// The `decoder_resync` seeds reach what they are named for, so that the
+/// body's work bound and liveness checks run on both sides of the limit.
+#[test]
+fn decoder_resync_seeds_reach_the_limit_and_the_honest_frames() {
+    let report = |name: &str| {
+        let path = fuzz_dir().join("corpus/decoder_resync").join(name);
+        let r = decoder_resync_report(&std::fs::read(&path).expect("a seed of make_corpus.py"));
+        eprintln!("{name}: {r:?}");
+        r
+    };
+    let r = report("attack-256-small-burst");
+    assert!(r.gave_up, "{r:?}");
+    let r = report("attack-4k-exhausts-default-factor");
+    assert!(r.gave_up && r.crc_mismatch >= 8, "{r:?}");
+    let r = report("attack-4k-then-honest");
+    assert!(
+        !r.gave_up && r.crc_mismatch == 4 && r.honest_delivered == 1,
+        "{r:?}"
+    );
+    let r = report("honest-after-garbage");
+    assert!(
+        !r.gave_up && r.honest == 4 && r.honest_delivered == 4,
+        "{r:?}"
+    );
+    let r = report("zero-budget");
+    assert!(r.gave_up && r.crc_mismatch == 0, "{r:?}");
+    // Failed checks of empty payloads cost nothing.
+    let r = report("empty-payload-bad-crcs");
+    assert!(
+        !r.gave_up && r.crc_mismatch >= 9 && r.honest_delivered == 1,
+        "{r:?}"
+    );
+    // Paid for the first header, gave up among the next ones.
+    let r = report("drain-at-end-bytewise");
+    assert!(
+        r.gave_up && r.honest == 2 && r.honest_delivered == 1,
+        "{r:?}"
+    );
+}
 
 /// Replays `$FUZZ_INPUT` through `$FUZZ_TARGET` (does nothing when unset).
 #[test]

@@ -220,8 +220,12 @@ fn idle_clients<D: Driver>() {
     );
     // Straight to stderr: the harness captures eprintln! of passing tests.
     let _ = std::io::Write::write_all(&mut std::io::stderr(), report.as_bytes());
+    // A thread per connection would add 10 000. The allowance covers the
+    // test facade's own threads: on tokio it runs each `on_connect` closure
+    // on the blocking pool, which grows with how many overlap (up to 15
+    // threads in all seen on a loaded 2-core machine, 8 when idle).
     assert!(
-        threads1 <= threads0 + 8,
+        threads1 <= threads0 + 32,
         "threads grew with the clients: {threads0} -> {threads1}"
     );
 }

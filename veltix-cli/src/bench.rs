@@ -119,6 +119,10 @@ pub struct BenchArgs {
     /// Discarded passes of latency, burst and stress before the measured one (Python: --warmup).
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Also run latency, burst and stress over TLS (a throwaway certificate),
+    /// beside plaintext in the same run; reports TLS / plaintext.
+    #[arg(long)]
+    pub tls: bool,
     /// Internal: measure one memory figure in this process and print it as JSON.
     #[arg(long, value_enum, hide = true)]
     pub probe: Option<Probe>,
@@ -134,6 +138,7 @@ impl BenchArgs {
             msgs: self.msgs as usize,
             idle: self.idle as usize,
             warmup: self.warmup,
+            tls: None,
         }
     }
 }
@@ -196,6 +201,8 @@ struct Outcome {
     scenario: &'static str,
     metrics: Vec<Metric>,
     counts: Vec<(&'static str, f64)>,
+    /// With `--tls`: each metric over TLS (`value`) beside plaintext (`raw`).
+    tls: Vec<Metric>,
 }
 
 impl Outcome {
@@ -212,6 +219,9 @@ impl Outcome {
         }
         for (k, v) in &self.counts {
             m.insert((*k).to_owned(), json!(v));
+        }
+        for x in &self.tls {
+            m.insert(format!("tls_{}", x.key), json!(x.value));
         }
         Value::Object(m)
     }
@@ -285,6 +295,7 @@ fn latency_outcome(p: &Params, v: Latency, r: Latency) -> Outcome {
             m("mean_us", "ping mean", |l| l.mean),
         ],
         counts: vec![("iterations", p.iterations as f64)],
+        tls: Vec::new(),
     }
 }
 
@@ -339,6 +350,7 @@ fn flow_outcome(
             },
         ],
         counts,
+        tls: Vec::new(),
     }
 }
 
@@ -371,7 +383,84 @@ fn memory_probe(args: &BenchArgs, probe: &str) -> Res<f64> {
         .ok_or_else(|| format!("memory probe ({probe}): no per_client_bytes in {v}"))
 }
 
+/// The TLS configs of a `--tls` run (made once per process).
+fn bench_tls() -> Res<&'static common::BenchTls> {
+    static TLS: std::sync::OnceLock<common::BenchTls> = std::sync::OnceLock::new();
+    if let Some(t) = TLS.get() {
+        return Ok(t);
+    }
+    let ss = crate::tls::SelfSigned::new().map_err(|e| e.message)?;
+    let (server, client) = ss.configs().map_err(|e| e.message)?;
+    Ok(TLS.get_or_init(|| common::BenchTls { server, client }))
+}
+
+/// Runs `f` over TLS: warm-up passes first, then the measured one.
+fn over_tls<T>(
+    p: &Params,
+    progress: &Progress,
+    name: &str,
+    f: impl Fn(&Params) -> Res<T>,
+) -> Res<T> {
+    let p = Params {
+        tls: Some(bench_tls()?),
+        ..*p
+    };
+    for i in 0..p.warmup {
+        progress.step(format!("{name}: warm-up {} (veltix over TLS)", i + 1));
+        f(&p).map_err(|e| format!("{name} warm-up (TLS): {e}"))?;
+        progress.done();
+    }
+    progress.step(format!("{name}: veltix over TLS"));
+    let v = f(&p).map_err(|e| format!("{name} (TLS): {e}"))?;
+    progress.done();
+    Ok(v)
+}
+
+/// Each metric of `tls` (over TLS) beside the same of `plain`.
+fn tls_beside(plain: &Outcome, tls: Outcome) -> Vec<Metric> {
+    tls.metrics
+        .into_iter()
+        .zip(&plain.metrics)
+        .map(|(t, p)| Metric {
+            raw: Some(p.value),
+            limit: None,
+            ..t
+        })
+        .collect()
+}
+
 fn run_scenario(
+    s: Scenario,
+    args: &BenchArgs,
+    bench: &dyn Bench,
+    progress: &Progress,
+) -> Res<Outcome> {
+    let mut o = plain_scenario(s, args, bench, progress)?;
+    if args.tls {
+        let p = args.params();
+        let tls = match s {
+            Scenario::Latency => {
+                let v = over_tls(&p, progress, "latency", |p| bench.latency(p, false))?;
+                Some(latency_outcome(&p, v, v))
+            }
+            Scenario::Burst => {
+                let v = over_tls(&p, progress, "burst", |p| bench.burst(p, false))?;
+                Some(flow_outcome("burst", v, v, v, Vec::new()))
+            }
+            Scenario::Stress => {
+                let v = over_tls(&p, progress, "stress", |p| bench.stress(p, false))?;
+                Some(flow_outcome("stress", v, v, v, Vec::new()))
+            }
+            _ => None,
+        };
+        if let Some(t) = tls {
+            o.tls = tls_beside(&o, t);
+        }
+    }
+    Ok(o)
+}
+
+fn plain_scenario(
     s: Scenario,
     args: &BenchArgs,
     bench: &dyn Bench,
@@ -423,6 +512,7 @@ fn run_scenario(
                     limit: None,
                 }],
                 counts: vec![("clients", p.idle as f64)],
+                tls: Vec::new(),
             }
         }
         Scenario::All => unreachable!("expanded by scenarios()"),
@@ -430,11 +520,12 @@ fn run_scenario(
 }
 
 fn steps(args: &BenchArgs, list: &[Scenario]) -> u64 {
+    let tls = if args.tls { args.warmup as u64 + 1 } else { 0 };
     list.iter()
         .map(|s| match s {
             Scenario::Memory => 2,
-            Scenario::Latency => 2 * (args.warmup as u64 + 1),
-            _ => 2 * (args.warmup as u64 + 1) + 1 + args.warmup.min(1) as u64,
+            Scenario::Latency => 2 * (args.warmup as u64 + 1) + tls,
+            _ => 2 * (args.warmup as u64 + 1) + 1 + args.warmup.min(1) as u64 + tls,
         })
         .sum()
 }
@@ -486,6 +577,46 @@ fn print_table(args: &BenchArgs, outcomes: &[Outcome]) {
         "\"vs limit\" veltix / raw TCP with 64 KiB batched writes and a CRC-checking reader (the"
     );
     println!("machine's limit); latency and memory: lower is better.");
+    if outcomes.iter().any(|o| !o.tls.is_empty()) {
+        println!();
+        println!("TLS ({}, same run):", tls_suite());
+        println!(
+            "{:<9} {:<30} {:>14} {:>14} {:>10}",
+            "scenario", "metric", "plaintext", "TLS", "TLS cost"
+        );
+        for o in outcomes {
+            for m in &o.tls {
+                let plain = m.raw.unwrap_or(0.0);
+                // Cost: how many times worse TLS is (rates: plain / TLS;
+                // latencies: TLS / plain).
+                let cost = match m.unit {
+                    Unit::PerSec if m.value > 0.0 => format!("{:.2}x", plain / m.value),
+                    Unit::Micros | Unit::Bytes if plain > 0.0 => {
+                        format!("{:.2}x", m.value / plain)
+                    }
+                    _ => "-".to_owned(),
+                };
+                println!(
+                    "{:<9} {:<30} {:>14} {:>14} {:>10}",
+                    o.scenario,
+                    m.label,
+                    m.unit.show(plain),
+                    m.unit.show(m.value),
+                    cost
+                );
+            }
+        }
+    }
+}
+
+/// What a `--tls` run negotiates (the provider's defaults): for the table.
+fn tls_suite() -> String {
+    let p = veltix_tls::provider();
+    let suite = p
+        .cipher_suites
+        .first()
+        .map_or_else(|| "?".to_owned(), |s| format!("{:?}", s.suite()));
+    format!("TLS 1.3, preferred suite {suite}, rustls")
 }
 
 fn run_probe(args: &BenchArgs, probe: Probe) -> Res<Value> {
@@ -545,6 +676,7 @@ pub fn run(args: &BenchArgs) -> ExitCode {
                 "stress_payload": common::STRESS_PAYLOAD,
                 "idle": args.idle,
                 "warmup": args.warmup,
+                "tls": args.tls,
             }),
         );
         for o in &outcomes {

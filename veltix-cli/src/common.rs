@@ -93,6 +93,9 @@ pub struct ConnectArgs {
     /// Driver to use.
     #[arg(long, value_enum, default_value_t = DriverKind::Std)]
     pub driver: DriverKind,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: crate::tls::ClientTlsArgs,
     /// Authentication.
     #[command(flatten)]
     pub auth: crate::auth::ClientAuthArgs,
@@ -109,8 +112,29 @@ impl ConnectArgs {
         config
             .validate()
             .map_err(|e| CliError::from(veltix_proto::Error::from(e)))?;
-        AnyClient::connect(self.driver, config)
-            .map_err(|e| CliError::connect(e, &self.target.to_string()))
+        let tls = self.tls.config()?;
+        let plain = tls.is_none();
+        AnyClient::connect(self.driver, config, tls).map_err(|e| {
+            // A TLS server waits for a ClientHello and says nothing to a
+            // plaintext client, whose handshake then times out.
+            let hint = plain
+                && matches!(
+                    e,
+                    veltix_proto::Error::TimedOut {
+                        what: veltix_proto::Wait::Handshake,
+                        ..
+                    }
+                );
+            let e = CliError::connect(e, &self.target.to_string());
+            if hint {
+                CliError::new(
+                    e.code,
+                    format!("{} (if the server requires TLS, add --tls)", e.message),
+                )
+            } else {
+                e
+            }
+        })
     }
 
     /// The server's address as connected (`127.0.0.1:8080`), else as given.

@@ -9,7 +9,11 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use veltix_std::{payload, Client, ClientConfig, MessageType, Server, ServerConfig};
+use veltix_std::{
+    payload, Client, ClientConfig, ClientTls, MessageType, Server, ServerConfig, ServerTls,
+};
+
+use crate::tls::SelfSigned;
 
 /// The routes below are registered once on a fresh server: a refusal is a bug.
 fn routed(r: Result<(), veltix_std::Error>) -> Result<(), CliError> {
@@ -64,11 +68,31 @@ fn sum_reply(msg_payload: &[u8]) -> Result<bytes::Bytes, String> {
     payload::json(&json!({ "sum": a + b })).map_err(|e| e.to_string())
 }
 
+/// Arguments of `veltix demo`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DemoArgs {
+    /// Over TLS, with a throwaway self-signed certificate made on the spot.
+    #[arg(long)]
+    pub tls: bool,
+}
+
 /// A server whose callbacks report what they see to `tx`.
-fn demo_server(tx: &Sender<String>) -> Result<Server, CliError> {
-    let server = Server::new(ServerConfig::new("127.0.0.1", 0))?;
+fn demo_server(tx: &Sender<String>, tls: Option<ServerTls>) -> Result<Server, CliError> {
+    let config = ServerConfig::new("127.0.0.1", 0);
+    let server = match tls {
+        Some(tls) => Server::with_tls(config, tls)?,
+        None => Server::new(config)?,
+    };
     let t = tx.clone();
     server.on_connect(move |_, client| {
+        if let Some(tls) = client.tls_info() {
+            let _ = t.send(format!(
+                "server: TLS handshake done with #{}: {:?}, {:?}",
+                client.id(),
+                tls.protocol,
+                tls.cipher_suite
+            ));
+        }
         let hello = client.hello();
         let (v, pv) = hello.as_ref().map_or(("?", "?"), |h| {
             (
@@ -132,14 +156,30 @@ fn demo_server(tx: &Sender<String>) -> Result<Server, CliError> {
 }
 
 /// Runs the demo; every step must work.
-pub fn run() -> Result<(), CliError> {
-    println!("veltix demo: a Veltix server and a client in this one process, over loopback TCP.");
+pub fn run(args: &DemoArgs) -> Result<(), CliError> {
+    if args.tls {
+        println!("veltix demo --tls: a Veltix server and a client in this one process, over TLS on loopback TCP.");
+    } else {
+        println!(
+            "veltix demo: a Veltix server and a client in this one process, over loopback TCP."
+        );
+    }
     println!("Each step says what the client or the server does, then what the other side saw.");
 
+    let tls = if args.tls {
+        let ss = SelfSigned::new()?;
+        println!();
+        println!("[0] a throwaway self-signed certificate for localhost and 127.0.0.1 (rcgen, ECDSA P-256):");
+        println!("    the server presents it; the client trusts exactly it (its CA bundle is that one certificate)");
+        Some(ss.configs()?)
+    } else {
+        None
+    };
+    let (server_tls, client_tls) = tls.map_or((None, None), |(s, c)| (Some(s), Some(c)));
     let (tx, rx) = mpsc::channel::<String>();
     let narrator = Narrator { rx };
-    let server = demo_server(&tx)?;
-    let result = steps(&server, &tx, &narrator);
+    let server = demo_server(&tx, server_tls)?;
+    let result = steps(&server, &tx, &narrator, client_tls);
     server.shutdown(STEP_TIMEOUT);
     if result.is_ok() {
         step(
@@ -148,14 +188,27 @@ pub fn run() -> Result<(), CliError> {
         );
         println!();
         println!("All steps worked. Now try it across two terminals:");
-        println!("  veltix serve --port 8080 --echo");
-        println!("  veltix request 127.0.0.1:8080 --type 200 --text hi");
-        println!("  veltix ping 127.0.0.1:8080 -c 3");
+        if args.tls {
+            println!("  veltix serve --port 8443 --echo --tls-self-signed   # prints where its certificate is");
+            println!(
+                "  veltix request 127.0.0.1:8443 --tls --tls-ca <that file> --type 200 --text hi"
+            );
+            println!("  (with your own: veltix serve --tls-cert cert.pem --tls-key key.pem [--tls-client-ca ca.pem])");
+        } else {
+            println!("  veltix serve --port 8080 --echo");
+            println!("  veltix request 127.0.0.1:8080 --type 200 --text hi");
+            println!("  veltix ping 127.0.0.1:8080 -c 3");
+        }
     }
     result
 }
 
-fn steps(server: &Server, tx: &Sender<String>, narrator: &Narrator) -> Result<(), CliError> {
+fn steps(
+    server: &Server,
+    tx: &Sender<String>,
+    narrator: &Narrator,
+    tls: Option<ClientTls>,
+) -> Result<(), CliError> {
     let ctx = |n: u32| move |e: CliError| e.context(format_args!("demo step {n} failed"));
 
     server.start().map_err(CliError::from).map_err(ctx(1))?;
@@ -165,10 +218,18 @@ fn steps(server: &Server, tx: &Sender<String>, narrator: &Narrator) -> Result<()
         .map_err(ctx(1))?;
     step(
         1,
-        &format!("server: listening on {addr} (port 0 asked the OS for a free port)"),
+        &format!(
+            "server: listening on {addr}{} (port 0 asked the OS for a free port)",
+            if tls.is_some() { ", TLS only" } else { "" }
+        ),
     );
 
-    let client = Client::new(ClientConfig::new("127.0.0.1", addr.port()))?;
+    let config = ClientConfig::new("127.0.0.1", addr.port());
+    let over_tls = tls.is_some();
+    let client = match tls {
+        Some(tls) => Client::with_tls(config, tls)?,
+        None => Client::new(config)?,
+    };
     let t = tx.clone();
     client.on_recv(move |_, msg| {
         let _ = t.send(format!(
@@ -183,13 +244,36 @@ fn steps(server: &Server, tx: &Sender<String>, narrator: &Narrator) -> Result<()
         .connect()
         .map_err(|e| CliError::connect(e, &addr.to_string()))
         .map_err(ctx(2))?;
-    step(
-        2,
-        &format!(
-            "client: connected to {addr}: TCP connect + Veltix handshake took {} ms",
-            millis(started.elapsed())
+    let took = millis(started.elapsed());
+    match client.tls_info() {
+        Some(tls) => {
+            step(
+                2,
+                &format!("client: connected to {addr}: TCP connect + TLS handshake + Veltix handshake took {took} ms"),
+            );
+            println!(
+                "    client: TLS protocol {:?}, cipher suite {:?}",
+                tls.protocol, tls.cipher_suite
+            );
+            println!(
+                "    client: ALPN {}, server certificate verified for 127.0.0.1{}",
+                tls.alpn.as_deref().map_or_else(
+                    || "none".to_owned(),
+                    |a| String::from_utf8_lossy(a).into_owned()
+                ),
+                tls.peer_identity
+                    .map_or_else(String::new, |id| format!(" (subject {id})"))
+            );
+            narrator.expect("the server's TLS report").map_err(ctx(2))?;
+        }
+        None if over_tls => {
+            return Err(CliError::failure("connected without TLS").context("demo step 2 failed"))
+        }
+        None => step(
+            2,
+            &format!("client: connected to {addr}: TCP connect + Veltix handshake took {took} ms"),
         ),
-    );
+    }
     narrator.expect("the server's on_connect").map_err(ctx(2))?;
 
     let r = client_steps(server, &client, narrator);

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use clap::ValueEnum;
 use veltix_proto::{ClientConfig, Error, Frame, MessageType};
+use veltix_tls::{ClientTls, TlsInfo};
 
 /// Which driver runs a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -46,16 +47,29 @@ pub enum AnyClient {
 
 impl AnyClient {
     /// Creates a client on `driver` and connects it (retries per `config`).
-    pub fn connect(driver: DriverKind, config: ClientConfig) -> Result<AnyClient, Error> {
+    pub fn connect(
+        driver: DriverKind,
+        config: ClientConfig,
+        tls: Option<ClientTls>,
+    ) -> Result<AnyClient, Error> {
         match driver {
             DriverKind::Std => {
-                let c = veltix_std::Client::new(config)?;
+                let c = match tls {
+                    Some(tls) => veltix_std::Client::with_tls(config, tls)?,
+                    None => veltix_std::Client::new(config)?,
+                };
                 c.connect()?;
                 Ok(AnyClient::Std(c))
             }
             DriverKind::Tokio => {
                 let rt = runtime()?;
-                let c = veltix_tokio::Client::new(config)?;
+                let c = {
+                    let _rt = rt.enter();
+                    match tls {
+                        Some(tls) => veltix_tokio::Client::with_tls(config, tls)?,
+                        None => veltix_tokio::Client::new(config)?,
+                    }
+                };
                 rt.block_on(c.connect())?;
                 Ok(AnyClient::Tokio(Box::new(rt), c))
             }
@@ -109,6 +123,14 @@ impl AnyClient {
         match self {
             AnyClient::Std(c) => c.is_connected(),
             AnyClient::Tokio(_, c) => c.is_connected(),
+        }
+    }
+
+    /// What TLS negotiated, over TLS.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        match self {
+            AnyClient::Std(c) => c.tls_info(),
+            AnyClient::Tokio(_, c) => c.tls_info(),
         }
     }
 

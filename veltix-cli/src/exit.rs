@@ -27,6 +27,9 @@ pub const TIMEOUT: u8 = 5;
 pub const PROTOCOL: u8 = 6;
 /// Authentication failed or was required and not possible.
 pub const AUTH: u8 = 7;
+/// TLS failed: an untrusted, expired or misnamed certificate, a missing
+/// client certificate, or a peer that does not speak TLS.
+pub const TLS: u8 = 8;
 
 /// The exit-status table printed at the end of `veltix --help`.
 pub const EXIT_STATUS_HELP: &str = "\
@@ -39,6 +42,8 @@ Exit status:
   5  timed out: connecting, the handshake, waiting for a reply, or every ping
   6  protocol error: handshake failure or protocol version mismatch
   7  authentication failed, required by the server, or the server did not prove itself
+  8  TLS failed: certificate not trusted, expired or for another name, client
+     certificate missing, or the peer does not speak TLS
 
 Errors are printed to stderr as `veltix: <error>`. -v/--verbose (repeatable) or
 RUST_LOG (e.g. RUST_LOG=veltix_std=debug) turn on the drivers' logs on stderr.";
@@ -116,6 +121,7 @@ impl CliError {
             Error::Handshake(e) => {
                 Self::new(PROTOCOL, format!("handshake with {target} failed: {e}"))
             }
+            Error::Tls(e) => Self::new(TLS, format!("TLS with {target} failed: {e}")),
             Error::Closed(r) => Self::new(
                 FAILURE,
                 format!("connection to {target} closed during the handshake: {r}"),
@@ -156,6 +162,7 @@ impl From<Error> for CliError {
             Error::Rejected(_) => REJECTED,
             Error::TimedOut { .. } => TIMEOUT,
             Error::VersionMismatch(_) | Error::Handshake(_) => PROTOCOL,
+            Error::Tls(_) => TLS,
             _ => FAILURE,
         };
         CliError::new(code, e.to_string())
@@ -179,6 +186,7 @@ mod tests {
         assert_eq!(c(timed_out(veltix_proto::Wait::Connect)), TIMEOUT);
         assert_eq!(c(timed_out(veltix_proto::Wait::Handshake)), TIMEOUT);
         assert_eq!(c(Error::VersionMismatch("2.0".into())), PROTOCOL);
+        assert_eq!(c(veltix_tls::TlsError::NotTls.into()), TLS);
         let e = CliError::request(
             timed_out(veltix_proto::Wait::Request),
             t,

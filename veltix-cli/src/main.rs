@@ -24,6 +24,7 @@ mod exit;
 mod message;
 mod ping;
 mod serve;
+mod tls;
 
 use exit::{CliError, EXIT_STATUS_HELP};
 
@@ -60,7 +61,7 @@ enum Command {
     Ping(ping::PingArgs),
     /// Start a server and a client in this process and show them talking.
     #[command(after_help = EXIT_STATUS_HELP)]
-    Demo,
+    Demo(demo::DemoArgs),
     /// Benchmark scenarios against a loopback server.
     Bench(bench::BenchArgs),
     /// Print an auth-file line for a user (SCRAM-SHA-256 verifier, random
@@ -108,7 +109,7 @@ fn main() -> ExitCode {
         Command::Send(args) => message::send(&args),
         Command::Request(args) => message::request(&args),
         Command::Ping(args) => ping::run(&args),
-        Command::Demo => demo::run(),
+        Command::Demo(args) => demo::run(&args),
         Command::Passwd(args) => auth::passwd(&args),
     };
     match result {

@@ -101,7 +101,10 @@ fn ping_loop(
     stop: &std::sync::mpsc::Receiver<()>,
 ) -> Result<(), CliError> {
     let target = &args.connect.target;
-    println!("PING {target} ({peer}): Veltix PING frames");
+    match client.tls_info() {
+        Some(tls) => println!("PING {target} ({peer}): Veltix PING frames over {tls}"),
+        None => println!("PING {target} ({peer}): Veltix PING frames"),
+    }
     let started = Instant::now();
     let mut stats = RttStats::default();
     let mut lost_connection = false;

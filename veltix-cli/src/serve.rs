@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Also stop when stdin reaches end of file (for scripts and tests).
     #[arg(long)]
     pub until_stdin_closes: bool,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: crate::tls::ServerTlsArgs,
     /// Authentication.
     #[command(flatten)]
     pub auth: crate::auth::ServerAuthArgs,
@@ -70,7 +73,13 @@ impl Narration {
         format!("[{:>9.3}]", self.start.elapsed().as_secs_f64())
     }
 
-    fn connected(&self, id: u64, addr: SocketAddr, hello: Option<PeerHello>) {
+    fn connected(
+        &self,
+        id: u64,
+        addr: SocketAddr,
+        hello: Option<PeerHello>,
+        tls: Option<veltix_tls::TlsInfo>,
+    ) {
         self.counters.clients.fetch_add(1, Ordering::Relaxed);
         let hello = hello.map_or_else(String::new, |h| {
             let who = h
@@ -82,7 +91,8 @@ impl Narration {
                 h.protocol_version
             )
         });
-        println!("{} #{id} connected from {addr}{hello}", self.stamp());
+        let tls = tls.map_or_else(String::new, |t| format!(" [TLS: {t}]"));
+        println!("{} #{id} connected from {addr}{hello}{tls}", self.stamp());
     }
 
     fn disconnected(&self, id: u64, addr: SocketAddr) {
@@ -176,7 +186,7 @@ fn wait_for_stop(args: &ServeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn listening(args: &ServeArgs, addr: SocketAddr) {
+fn listening(args: &ServeArgs, addr: SocketAddr, tls: Option<&str>) {
     let auth = match (&args.auth.auth_file, args.auth.auth_optional) {
         (None, _) => "",
         (Some(_), false) => " (authentication required)",
@@ -187,6 +197,9 @@ fn listening(args: &ServeArgs, addr: SocketAddr) {
         if args.echo { " (echo on)" } else { "" },
         args.driver.name()
     );
+    if let Some(tls) = tls {
+        println!("{tls}");
+    }
 }
 
 fn cannot_listen(args: &ServeArgs) -> impl Fn(Error) -> CliError + '_ {
@@ -195,9 +208,14 @@ fn cannot_listen(args: &ServeArgs) -> impl Fn(Error) -> CliError + '_ {
 
 fn run_std(args: &ServeArgs, n: Arc<Narration>) -> Result<(), CliError> {
     use veltix_std::Server;
-    let server = Server::new(config(args)?)?;
+    let tls = args.tls.config()?;
+    let config = config(args)?;
+    let (server, what) = match tls {
+        Some((tls, what)) => (Server::with_tls(config, tls)?, Some(what)),
+        None => (Server::new(config)?, None),
+    };
     let m = n.clone();
-    server.on_connect(move |_, c| m.connected(c.id(), c.addr(), c.hello()));
+    server.on_connect(move |_, c| m.connected(c.id(), c.addr(), c.hello(), c.tls_info()));
     let m = n.clone();
     server.on_disconnect(move |_, c| m.disconnected(c.id(), c.addr()));
     let echo = args.echo;
@@ -215,7 +233,7 @@ fn run_std(args: &ServeArgs, n: Arc<Narration>) -> Result<(), CliError> {
     let addr = server
         .local_addr()
         .ok_or_else(|| CliError::failure("the server stopped at once"))?;
-    listening(args, addr);
+    listening(args, addr, what.as_deref());
     wait_for_stop(args)?;
     server.shutdown(args.flush_timeout);
     Ok(())
@@ -227,10 +245,18 @@ fn run_tokio(args: &ServeArgs, n: Arc<Narration>) -> Result<(), CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::failure(format!("cannot start the tokio runtime: {e}")))?;
-    let server = Server::new(config(args)?)?;
+    let tls = args.tls.config()?;
+    let config = config(args)?;
+    let (server, what) = {
+        let _rt = rt.enter();
+        match tls {
+            Some((tls, what)) => (Server::with_tls(config, tls)?, Some(what)),
+            None => (Server::new(config)?, None),
+        }
+    };
     let m = n.clone();
     server.on_connect(move |_, c| {
-        m.connected(c.id(), c.addr(), c.hello());
+        m.connected(c.id(), c.addr(), c.hello(), c.tls_info());
         async {}
     });
     let m = n.clone();
@@ -254,7 +280,7 @@ fn run_tokio(args: &ServeArgs, n: Arc<Narration>) -> Result<(), CliError> {
     let addr = server
         .local_addr()
         .ok_or_else(|| CliError::failure("the server stopped at once"))?;
-    listening(args, addr);
+    listening(args, addr, what.as_deref());
     wait_for_stop(args)?;
     rt.block_on(server.shutdown(args.flush_timeout));
     Ok(())

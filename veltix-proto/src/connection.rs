@@ -82,6 +82,7 @@ pub struct Connection {
     /// Server: an authenticated peer held for admission, and input that
     /// came after its last handshake message.
     held: Option<Box<(Identity, Vec<u8>)>>,
+    transport_identity: Option<Identity>,
     now: Instant,
     stats: ConnectionStats,
 }
@@ -136,6 +137,7 @@ impl Connection {
             event_bytes: 0,
             peer: None,
             held: None,
+            transport_identity: None,
             now,
             stats: ConnectionStats::default(),
         }
@@ -317,7 +319,18 @@ impl Connection {
         }
     }
 
-    fn established(&mut self, peer: PeerHello) {
+    /// Server: the identity the transport proved (a verified TLS client
+    /// certificate), given before the handshake ends. It becomes the peer's
+    /// identity in [`PeerHello::negotiated`] unless the handshake
+    /// authenticates another.
+    pub fn set_transport_identity(&mut self, identity: Identity) {
+        self.transport_identity = Some(identity);
+    }
+
+    fn established(&mut self, mut peer: PeerHello) {
+        if peer.negotiated.identity.is_none() {
+            peer.negotiated.identity = self.transport_identity.take();
+        }
         tracing::debug!(side = ?self.side, peer_version = ?peer.version, identity = ?peer.negotiated.identity, "handshake done");
         self.state = State::Established;
         self.handshake_deadline = None;

@@ -83,6 +83,12 @@ pub enum Error {
     /// The server or client has been shut down.
     #[error("shut down")]
     ShutDown,
+    /// TLS failed: the handshake (certificate not trusted, wrong name,
+    /// expired, no client certificate, a peer that does not speak TLS, ...)
+    /// or a TLS record later on. The drivers box a `veltix_tls::TlsError`;
+    /// downcast the source to match on it.
+    #[error("TLS: {0}")]
+    Tls(Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl From<HandshakeError> for Error {

@@ -15,6 +15,7 @@
 //! | [`frame_decode`] | arbitrary bytes into a [`Decoder`](crate::Decoder) of arbitrary limits, in arbitrary chunks |
 //! | [`frame_roundtrip`] | frame → bytes → frame, and bytes → frames → the same bytes |
 //! | [`frame_chunking`] | one valid stream, cut anywhere, gives the frames of one push |
+//! | [`decoder_resync`] | resync-heavy streams (bad CRCs, magic everywhere, huge lengths) against a small CRC budget: bounded work, honest frames still found |
 //! | [`handshake_client`], [`handshake_server`] | arbitrary peer bytes and JSON objects at every handshake step |
 //! | [`connection_ops`] | a client and a server core joined by byte queues, under arbitrary commands, time and corruption |
 //! | [`retry_policy`] | arbitrary (also non-finite) retry settings under arbitrary failure sequences |
@@ -37,6 +38,7 @@ mod auth;
 mod frames;
 mod handshakes;
 mod ops;
+mod resync;
 mod retries;
 mod sessions;
 
@@ -44,6 +46,7 @@ pub use auth::handshake_auth;
 pub use frames::{frame_chunking, frame_decode, frame_roundtrip};
 pub use handshakes::{handshake_client, handshake_server};
 pub use ops::connection_ops;
+pub use resync::{decoder_resync, decoder_resync_report, ResyncReport};
 pub use retries::retry_policy;
 pub use sessions::{hub_ops, session_ops};
 
@@ -57,6 +60,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("frame_decode", frame_decode),
     ("frame_roundtrip", frame_roundtrip),
     ("frame_chunking", frame_chunking),
+    ("decoder_resync", decoder_resync),
     ("handshake_client", handshake_client),
     ("handshake_server", handshake_server),
     ("handshake_auth", handshake_auth),
@@ -122,20 +126,169 @@ fn prefix<const N: usize>(data: &[u8]) -> ([u8; N], &[u8]) {
     (p, &data[n..])
 }
 
-/// Chunk sizes for cutting a stream: `style` picks the flavour (single
-/// bytes, small, medium, whole, mixed); the sizes themselves come from `rng`.
-fn chunk_len(style: u8, rng: &mut XorShift, remaining: usize) -> usize {
-    let n = match style % 5 {
-        0 => 1,
-        1 => 1 + rng.below_usize(16),
-        2 => 1 + rng.below_usize(300),
-        3 => remaining,
-        _ => match rng.below(4) {
-            0 => 1,
-            1 => 1 + rng.below_usize(15),
-            2 => 15 + rng.below_usize(4096),
-            _ => remaining,
-        },
+/// Most pieces one execution cuts a stream into. Each piece costs a push and
+/// a drain (and, in the handshake bodies, timers and checks): cutting a
+/// 4 KiB stream byte by byte made an execution a hundred times slower than
+/// one push, and cutting a 70 000-byte frame byte by byte a thousand times.
+/// Instead of every cut in turn, each execution picks a few, where they tell
+/// the most (see [`cut_points`]).
+pub const MAX_PIECES: usize = 64;
+
+/// Where to cut a stream of `len` bytes: sorted, distinct offsets in
+/// `1..len`, at most [`MAX_PIECES`]` - 1` of them. `marks` gives the offsets
+/// where something begins (a frame, a message, a `VX`): cuts around them
+/// split headers and length prefixes at every offset; it is called only by
+/// the styles that use it (finding marks can cost more than the cuts save:
+/// a byte loop runs a coverage callback per comparison). `style % 6` picks
+/// the flavour, `rng` the rest:
+///
+/// * 0: no cut (one push);
+/// * 1: every byte of 1–3 windows of up to 20 bytes, each starting on a mark
+///   (or anywhere when there is none): single-byte pushes where it matters;
+/// * 2: one cut a few bytes (0–16) into each mark, i.e. inside each header;
+/// * 3: 1–63 cuts anywhere;
+/// * 4: pieces of 1–16 bytes from the start, as far as the budget goes;
+/// * 5: a little of 1, 2 and 3 together.
+pub fn cut_points(
+    style: u8,
+    rng: &mut XorShift,
+    len: usize,
+    marks: impl FnOnce() -> Vec<usize>,
+) -> Vec<usize> {
+    let budget = MAX_PIECES - 1;
+    if len < 2 {
+        return Vec::new();
+    }
+    let marks = if matches!(style % 6, 1 | 2 | 5) {
+        marks()
+    } else {
+        Vec::new()
     };
-    n.clamp(1, remaining.max(1))
+    // Each flavour yields its cuts in increasing order, so that merging
+    // them needs no sort (a sort's comparisons are coverage callbacks too).
+    let windows = |rng: &mut XorShift, count: u64| {
+        let mut anchors: Vec<usize> = (0..=rng.below(count))
+            .map(|_| match marks.len() {
+                0 => rng.below_usize(len),
+                n => marks[rng.below_usize(n)],
+            })
+            .collect();
+        anchors.sort_unstable(); // at most 3
+        let mut cuts = Vec::new();
+        for a in anchors {
+            let from = a.max(cuts.last().map_or(0, |&c| c + 1));
+            cuts.extend(from..a + 1 + rng.below_usize(20));
+        }
+        cuts
+    };
+    let into_marks = |rng: &mut XorShift, most: usize| {
+        let skip = rng.below_usize(marks.len().saturating_sub(most) + 1);
+        let mut cuts: Vec<usize> = Vec::new();
+        for &m in marks.iter().skip(skip).take(most) {
+            let c = m + rng.below_usize(17);
+            if cuts.last().is_none_or(|&last| c > last) {
+                cuts.push(c);
+            }
+        }
+        cuts
+    };
+    let anywhere = |rng: &mut XorShift, most: usize| {
+        let count = 1 + rng.below_usize(most);
+        let gap = (2 * len / count).max(2);
+        let mut at = 0;
+        std::iter::from_fn(|| {
+            at += 1 + rng.below_usize(gap);
+            Some(at)
+        })
+        .take(count)
+        .collect::<Vec<_>>()
+    };
+    let mut cuts = match style % 6 {
+        0 => Vec::new(),
+        1 => windows(rng, 3),
+        2 => into_marks(rng, budget),
+        3 => anywhere(rng, budget),
+        4 => {
+            let mut at = 0;
+            (0..budget)
+                .map(|_| {
+                    at += 1 + rng.below_usize(16);
+                    at
+                })
+                .collect()
+        }
+        _ => {
+            let (a, b) = (windows(rng, 1), into_marks(rng, 16));
+            merge(&merge(&a, &b), &anywhere(rng, 16))
+        }
+    };
+    cuts.retain(|&c| c > 0 && c < len);
+    cuts.dedup();
+    if cuts.len() > budget {
+        // Keep an even sample.
+        let step = cuts.len().div_ceil(budget);
+        cuts = cuts.into_iter().step_by(step).collect();
+    }
+    cuts
+}
+
+/// Two increasing lists as one.
+fn merge(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] <= b[j] {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// The pieces between `cuts` (from [`cut_points`]) of a stream of `len` bytes.
+pub fn pieces(cuts: &[usize], len: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let starts = std::iter::once(0).chain(cuts.iter().copied());
+    let ends = cuts.iter().copied().chain(std::iter::once(len));
+    starts.zip(ends).filter(|r| r.0 < r.1).map(|(a, b)| a..b)
+}
+
+/// Offset of the first `b` in `hay`, found by the C library's `memchr`
+/// (through `BufRead::skip_until` on a slice). A byte loop in a fuzz body
+/// runs a coverage callback for every comparison under `cargo fuzz`, and
+/// searching whole inputs that way cost more than the code under test.
+fn find_byte(hay: &[u8], b: u8) -> Option<usize> {
+    use std::io::BufRead;
+    let mut rest = hay;
+    // Reading a slice cannot fail.
+    let n = rest.skip_until(b).unwrap_or(0);
+    (n > 0 && hay[n - 1] == b).then(|| n - 1)
+}
+
+/// Offset of the first `VX` in `hay`.
+fn magic_at(hay: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = find_byte(&hay[from..], crate::frame::MAGIC[0]) {
+        let at = from + i;
+        if hay.get(at + 1) == Some(&crate::frame::MAGIC[1]) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// Offsets of every `VX` in `data` (the marks of a raw stream).
+fn magics(data: &[u8]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(i) = magic_at(&data[from..]) {
+        out.push(from + i);
+        from += i + 2;
+    }
+    out
 }

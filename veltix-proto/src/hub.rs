@@ -149,6 +149,7 @@ impl Hub {
     /// the peer's identity unless the handshake authenticates another.
     pub fn set_transport_identity(&mut self, peer: PeerId, identity: Identity) {
         if let Some(p) = self.peer_mut(peer) {
+            p.conn.set_transport_identity(identity.clone());
             p.transport_identity = Some(identity);
         }
     }
@@ -561,10 +562,7 @@ impl Hub {
 
     fn map_event(p: &mut Peer, connected: &mut usize, ev: Event) -> Option<HubEvent> {
         match ev {
-            Event::Connected(mut hello) => {
-                if hello.negotiated.identity.is_none() {
-                    hello.negotiated.identity.clone_from(&p.transport_identity);
-                }
+            Event::Connected(hello) => {
                 p.connected = true;
                 *connected += 1;
                 Some(HubEvent::Connected(hello))

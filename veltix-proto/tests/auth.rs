@@ -278,3 +278,33 @@ fn every_step_times_out_under_the_one_deadline() {
         assert_eq!(hub.poll_finished(), Some(peer), "step {delivered}");
     }
 }
+
+/// A driver's TLS client-certificate identity is the peer's identity (in
+/// its hello and `Connected`), and the duplicate rule applies to it.
+#[test]
+fn transport_identities_count_like_authenticated_ones() {
+    use veltix_proto::{AuthMethod, Identity};
+    let t0 = Instant::now();
+    let mut hub = Hub::new(&ServerConfig::default().duplicate_identity(DuplicateIdentity::Replace));
+    let connect = |hub: &mut Hub| {
+        let peer = hub.accept(t0).unwrap();
+        hub.set_transport_identity(
+            peer,
+            Identity::new("cert-bob", AuthMethod::ClientCertificate),
+        );
+        let mut c = Connection::client(Arc::new(Default::default()), t0);
+        pump(hub, peer, &mut c, t0);
+        assert!(c.is_established());
+        peer
+    };
+    let first = connect(&mut hub);
+    match hub.poll_event() {
+        Some((p, HubEvent::Connected(h))) if p == first => {
+            assert_eq!(h.identity().unwrap().method, AuthMethod::ClientCertificate)
+        }
+        e => panic!("{e:?}"),
+    }
+    let second = connect(&mut hub);
+    assert!(!hub.is_open(first) && hub.is_open(second), "replaced");
+    assert_eq!(hub.identity(second).unwrap().name, "cert-bob");
+}

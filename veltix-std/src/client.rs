@@ -13,6 +13,7 @@ use veltix_proto::{
     ClientConfig, ClientSession, CloseReason, ConnectionStats, DisconnectState, Error, Frame,
     MessageType, PeerHello, Reply, RequestFailure, Router, SendError, Wait,
 };
+use veltix_tls::{ClientTls, TlsInfo};
 
 use crate::pool::{lock, wait_until, Mailbox, Pool, MAILBOX_BYTES};
 use crate::server::{SPIN_BEFORE_PARK, WAIT_MARGIN};
@@ -51,6 +52,8 @@ struct Core {
     outcome: Option<Result<(), Error>>,
     peer_addr: Option<SocketAddr>,
     local_addr: Option<SocketAddr>,
+    /// What the open connection's TLS handshake negotiated.
+    tls: Option<TlsInfo>,
 }
 
 impl Core {
@@ -79,6 +82,8 @@ struct Control {
 
 struct Shared {
     config: ClientConfig,
+    /// TLS required when set.
+    tls: Option<ClientTls>,
     core: Mutex<Core>,
     /// Signalled on outcomes, written output, connect results, the I/O thread's end.
     cv: Condvar,
@@ -141,6 +146,34 @@ impl Client {
     /// # Errors
     /// [`Error::Config`] for an invalid setting.
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
+        Self::build(config, None)
+    }
+
+    /// A client that requires TLS: every connection starts with a TLS
+    /// handshake (inside the handshake deadline), verifying the server's
+    /// certificate for the name set in `tls`, else the config's
+    /// `server_addr`. A server that does not speak TLS, or whose
+    /// certificate does not verify, fails the attempt with [`Error::Tls`].
+    ///
+    /// ```no_run
+    /// use veltix_std::{Client, ClientConfig, ClientTls};
+    ///
+    /// let tls = ClientTls::builder().ca_pem_file("ca.pem")?.build()?;
+    /// let client = Client::with_tls(ClientConfig::new("localhost", 8443), tls)?;
+    /// client.connect()?;
+    /// println!("{:?}", client.tls_info());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid setting, [`Error::Tls`] when the
+    /// server name is neither a DNS name nor an IP address.
+    pub fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Client, Error> {
+        tls.name_for(&config.server_addr)?;
+        Self::build(config, Some(tls))
+    }
+
+    fn build(config: ClientConfig, tls: Option<ClientTls>) -> Result<Client, Error> {
         config.validate()?;
         if config.auth.is_some() {
             config.seed_auth(crate::os_seed()?);
@@ -154,6 +187,7 @@ impl Client {
         let session = ClientSession::new(&config, seed, Instant::now());
         Ok(Client(Arc::new(Shared {
             config,
+            tls,
             core: Mutex::new(Core {
                 session,
                 waiting: HashMap::new(),
@@ -165,6 +199,7 @@ impl Client {
                 outcome: None,
                 peer_addr: None,
                 local_addr: None,
+                tls: None,
             }),
             cv: Condvar::new(),
             callbacks: RwLock::new(Callbacks::default()),
@@ -272,6 +307,7 @@ impl Client {
             pool,
             mailbox,
             conn: None,
+            tls_failure: None,
             held: VecDeque::new(),
             buf: vec![0; self.0.config.buffer_size],
         };
@@ -574,6 +610,18 @@ impl Client {
     /// This side's address, while a connection is open.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.core().local_addr
+    }
+
+    /// What the connection's TLS handshake negotiated (protocol, cipher
+    /// suite, ALPN, the server certificate's identity), while connected
+    /// over TLS.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        self.core().tls.clone()
+    }
+
+    /// Whether this client requires TLS ([`with_tls`](Self::with_tls)).
+    pub fn is_tls(&self) -> bool {
+        self.0.tls.is_some()
     }
 
     /// Counters of the current connection; `None` while not connected.

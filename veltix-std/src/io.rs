@@ -3,11 +3,13 @@
 //! bookkeeping. No protocol rule lives here.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::io::{ErrorKind, IoSlice};
 
 use bytes::{Buf, Bytes};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+
+use crate::transport::Transport;
 
 /// Smallest read buffer (`buffer_size` when larger).
 pub(crate) const READ_CHUNK: usize = 64 * 1024;
@@ -45,7 +47,7 @@ pub(crate) enum Flushed {
 /// yet written (bounded by the core's transmit window). Returns the outcome
 /// and the number of bytes written. Call it without holding the core's lock.
 pub(crate) fn flush(
-    sock: &mut TcpStream,
+    sock: &mut impl Transport,
     pending: &mut VecDeque<Bytes>,
     out: &mut impl Output,
 ) -> (Flushed, usize) {
@@ -53,7 +55,12 @@ pub(crate) fn flush(
     out.exchange(0, pending);
     loop {
         if pending.is_empty() {
-            return (Flushed::Done, total);
+            // What the transport holds of its own (TLS records) goes too.
+            return match sock.flush() {
+                Ok(()) if sock.wants_write() => (Flushed::Blocked, total),
+                Ok(()) => (Flushed::Done, total),
+                Err(e) => (Flushed::Failed(e), total),
+            };
         }
         let r = {
             let mut iov = [IoSlice::new(&[]); IOV_MAX];
@@ -101,7 +108,7 @@ pub(crate) enum Read1 {
 }
 
 /// One non-blocking read into `buf`.
-pub(crate) fn read1(sock: &mut TcpStream, buf: &mut [u8]) -> Read1 {
+pub(crate) fn read1(sock: &mut impl Transport, buf: &mut [u8]) -> Read1 {
     loop {
         match sock.read(buf) {
             Ok(0) => return Read1::Eof,
@@ -135,6 +142,13 @@ pub(crate) fn set_interest(
         Ok(()) => *current = want,
         Err(e) => tracing::warn!(error = %e, "cannot change a socket's registration"),
     }
+}
+
+/// Whether a connection needs writability: the transport holds bytes of
+/// its own (TLS records), or the driver holds output the transport can
+/// take now (not while a TLS handshake runs: reads move it on).
+pub(crate) fn wants_writable(sock: &impl Transport, pending: bool) -> bool {
+    sock.wants_write() || (pending && sock.takes_output())
 }
 
 /// The interest a socket needs: readable while the core wants input (and

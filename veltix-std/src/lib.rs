@@ -66,6 +66,43 @@
 //! server.shutdown(Duration::from_secs(1));
 //! ```
 
+//!
+//! ## TLS
+//!
+//! [`Server::with_tls`] and [`Client::with_tls`] run every connection over
+//! TLS (rustls, the `ring` provider by default, `aws-lc-rs` with that
+//! feature). The configs are [`ServerTls`] and [`ClientTls`] from
+//! [`veltix_tls`] (re-exported as [`tls`]): built from PEM files, or your own
+//! `Arc<rustls::ServerConfig>` / `Arc<rustls::ClientConfig>`. A server is
+//! plain or TLS-only; a TLS client requires TLS. The TLS handshake runs
+//! inside the handshake deadline (`handshake_timeout`). Failures are
+//! [`Error::Tls`] carrying a [`TlsError`]; with mutual TLS the verified
+//! client identity is [`Peer::tls_identity`]. See SECURITY.md.
+//!
+//! ```
+//! use std::time::Duration;
+//! use veltix_std::{Client, ClientConfig, ClientTls, MessageType, Server, ServerConfig, ServerTls};
+//!
+//! # let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+//! # let (cert_pem, key_pem) = (ck.cert.pem(), ck.key_pair.serialize_pem());
+//! // cert_pem / key_pem: your certificate chain and key (or `cert_pem_files`).
+//! let tls = ServerTls::builder().cert_pem(cert_pem.as_bytes(), key_pem.as_bytes())?.build()?;
+//! let server = Server::with_tls(ServerConfig::new("127.0.0.1", 0), tls)?;
+//! server.start()?;
+//! let port = server.local_addr().unwrap().port();
+//!
+//! // Trust the server's CA (here: its self-signed certificate); the name
+//! // checked is the host dialled, "localhost".
+//! let tls = ClientTls::builder().ca_pem(cert_pem.as_bytes())?.build()?;
+//! let client = Client::with_tls(ClientConfig::new("localhost", port), tls)?;
+//! client.connect()?;
+//! println!("{}", client.tls_info().unwrap()); // TLSv1_3 TLS13_AES_256_GCM_SHA384 alpn veltix/1 ...
+//! assert!(client.ping(Some(Duration::from_secs(5))).is_ok());
+//! client.disconnect();
+//! server.shutdown(Duration::from_secs(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -73,6 +110,7 @@ mod client;
 mod io;
 mod pool;
 mod server;
+mod transport;
 
 pub use bytes::Bytes;
 pub use client::Client;
@@ -87,6 +125,8 @@ pub use veltix_proto::{
     DisconnectState, Error, Frame, HandshakeError, HubStats, LocalHello, MessageType, PeerHello,
     RetryPolicy, SendError, ServerConfig, Tags, Wait,
 };
+pub use veltix_tls as tls;
+pub use veltix_tls::{ClientTls, ServerTls, TlsError, TlsInfo};
 
 /// The README's code blocks, compiled and run as doctests (`cargo test --doc`).
 #[doc = include_str!("../README.md")]

@@ -14,6 +14,7 @@ use veltix_proto::{
     Error, Frame, Hub, HubStats, MessageType, PeerId, Reply, RequestFailure, Router, SendError,
     ServerConfig, Target, Wait,
 };
+use veltix_tls::{ServerTls, TlsInfo};
 
 use crate::pool::{lock, wait_until, Pool};
 
@@ -61,6 +62,8 @@ enum Phase {
 struct Core {
     hub: Hub,
     addrs: HashMap<PeerId, SocketAddr>,
+    /// What each TLS peer's handshake negotiated (TLS servers only).
+    tls: HashMap<PeerId, Arc<TlsInfo>>,
     /// Requests and pings with a blocked caller: their outcome, once known.
     waiting: HashMap<(PeerId, u16), Option<Result<Reply, RequestFailure>>>,
     waker: Option<Arc<Waker>>,
@@ -91,6 +94,8 @@ struct Control {
 
 struct Shared {
     config: ServerConfig,
+    /// TLS-only when set.
+    tls: Option<ServerTls>,
     core: Mutex<Core>,
     /// Signalled when outcomes arrive, output is written, peers end, the phase changes.
     cv: Condvar,
@@ -146,6 +151,31 @@ impl Server {
     /// # Errors
     /// [`Error::Config`] for an invalid setting.
     pub fn new(config: ServerConfig) -> Result<Server, Error> {
+        Self::build(config, None)
+    }
+
+    /// A TLS-only server: every connection starts with a TLS handshake
+    /// (inside the handshake deadline, `handshake_timeout`); a peer that
+    /// does not speak TLS is cut. With a client CA in `tls` (mutual TLS),
+    /// the verified client identity is on each [`Peer`]
+    /// ([`Peer::tls_identity`]).
+    ///
+    /// ```no_run
+    /// use veltix_std::{Server, ServerConfig, ServerTls};
+    ///
+    /// let tls = ServerTls::builder().cert_pem_files("cert.pem", "key.pem")?.build()?;
+    /// let server = Server::with_tls(ServerConfig::new("0.0.0.0", 8443), tls)?;
+    /// server.start()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid setting.
+    pub fn with_tls(config: ServerConfig, tls: ServerTls) -> Result<Server, Error> {
+        Self::build(config, Some(tls))
+    }
+
+    fn build(config: ServerConfig, tls: Option<ServerTls>) -> Result<Server, Error> {
         config.validate()?;
         if config.auth.is_some() {
             config.seed_auth(crate::os_seed()?);
@@ -153,9 +183,11 @@ impl Server {
         let hub = Hub::new(&config);
         Ok(Server(Arc::new(Shared {
             config,
+            tls,
             core: Mutex::new(Core {
                 hub,
                 addrs: HashMap::new(),
+                tls: HashMap::new(),
                 waiting: HashMap::new(),
                 waker: None,
                 wake_pending: false,
@@ -208,6 +240,11 @@ impl Server {
     /// The configuration.
     pub fn config(&self) -> &ServerConfig {
         &self.0.config
+    }
+
+    /// Whether this server is TLS-only ([`with_tls`](Self::with_tls)).
+    pub fn is_tls(&self) -> bool {
+        self.0.tls.is_some()
     }
 
     /// Binds, listens (backlog 4096) and starts the I/O thread and the pool.
@@ -280,6 +317,7 @@ impl Server {
             id,
             addr,
             hello: g.hub.peer_hello(id).cloned().map(Arc::new),
+            tls: g.tls.get(&id).cloned(),
             server: Arc::downgrade(&self.0),
         })
     }

@@ -22,6 +22,8 @@ use veltix_proto::{
 
 use crate::dispatch::{BoxFut, Mailbox, RecvQueue};
 use crate::{lock, now};
+use rustls::pki_types::ServerName;
+use veltix_tls::{ClientTls, TlsError, TlsInfo};
 
 mod driver;
 use self::driver::drive;
@@ -76,10 +78,17 @@ struct State {
     running: bool,
     peer_addr: Option<SocketAddr>,
     local_addr: Option<SocketAddr>,
+    /// What the open connection's TLS handshake negotiated.
+    tls: Option<TlsInfo>,
+    /// The TLS failure that ended the last attempt (the session only saw
+    /// its I/O error kind): what a give-up then reports.
+    tls_failure: Option<TlsError>,
 }
 
 struct Inner {
     config: ClientConfig,
+    /// TLS required when set: the connector and the name to verify.
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     state: Mutex<State>,
     /// Wakes the driver: a command queued output, a queue drained, a disconnect.
     wake: Notify,
@@ -151,6 +160,41 @@ impl Client {
     /// # Errors
     /// [`Error::Config`] for a setting out of range.
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
+        Self::build(config, None)
+    }
+
+    /// A client that requires TLS: every connection starts with a TLS
+    /// handshake (inside the handshake deadline), verifying the server's
+    /// certificate for the name set in `tls`, else the config's
+    /// `server_addr`. A server that does not speak TLS, or whose
+    /// certificate does not verify, fails the attempt with [`Error::Tls`].
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use veltix_tokio::{Client, ClientConfig, ClientTls};
+    ///
+    /// let tls = ClientTls::builder().ca_pem_file("ca.pem")?.build()?;
+    /// let client = Client::with_tls(ClientConfig::new("localhost", 8443), tls)?;
+    /// client.connect().await?;
+    /// println!("{:?}", client.tls_info());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a setting out of range, [`Error::Tls`] when
+    /// the server name is neither a DNS name nor an IP address.
+    pub fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Client, Error> {
+        let name = tls.name_for(&config.server_addr)?;
+        Self::build(
+            config,
+            Some((tokio_rustls::TlsConnector::from(tls.config().clone()), name)),
+        )
+    }
+
+    fn build(
+        config: ClientConfig,
+        tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    ) -> Result<Client, Error> {
         config.validate()?;
         if config.auth.is_some() {
             config.seed_auth(crate::os_seed()?);
@@ -164,6 +208,7 @@ impl Client {
         Ok(Client(Arc::new_cyclic(|owner| {
             Owner(Arc::new(Inner {
                 config,
+                tls,
                 state: Mutex::new(State {
                     session,
                     waiters: HashMap::new(),
@@ -175,6 +220,8 @@ impl Client {
                     running: false,
                     peer_addr: None,
                     local_addr: None,
+                    tls: None,
+                    tls_failure: None,
                 }),
                 wake: Notify::new(),
                 room: Notify::new(),
@@ -457,6 +504,7 @@ impl Client {
                 st.running = false;
                 st.peer_addr = None;
                 st.local_addr = None;
+                st.tls = None;
                 st.pump(self.inner(), true);
                 st.recv.closed = true;
                 drop(st);
@@ -505,6 +553,18 @@ impl Client {
     /// Our address, while a connection is open.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.state().local_addr
+    }
+
+    /// What the connection's TLS handshake negotiated (protocol, cipher
+    /// suite, ALPN, the server certificate's identity), while connected
+    /// over TLS.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        self.state().tls.clone()
+    }
+
+    /// Whether this client requires TLS ([`with_tls`](Self::with_tls)).
+    pub fn is_tls(&self) -> bool {
+        self.inner().tls.is_some()
     }
 
     /// Counters of the connection; `None` while not connected.

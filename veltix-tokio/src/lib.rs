@@ -55,6 +55,49 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! ## TLS and other streams
+//!
+//! [`Server::with_tls`] and [`Client::with_tls`] run every connection over
+//! TLS (`tokio-rustls`, the `ring` provider by default, `aws-lc-rs` with
+//! that feature), with the same configs as `veltix-std`: [`ServerTls`] and
+//! [`ClientTls`] from [`veltix_tls`] (re-exported as [`tls`]), built from
+//! PEM files or from your own `Arc<rustls::ServerConfig>` /
+//! `Arc<rustls::ClientConfig>`. A server is plain or TLS-only; a TLS client
+//! requires TLS. The TLS handshake runs inside the handshake deadline
+//! (`handshake_timeout`). Failures are [`Error::Tls`] carrying a
+//! [`TlsError`]; with mutual TLS the verified client identity is
+//! [`Peer::tls_identity`]. See SECURITY.md.
+//!
+//! Connections run over any [`Io`] stream (`AsyncRead + AsyncWrite`): TLS
+//! is one more stream type. [`Server::start_on`] serves the connections of
+//! any [`Listener`] (a Unix socket, a simulated network) instead of binding
+//! TCP.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use veltix_tokio::{Client, ClientConfig, ClientTls, Server, ServerConfig, ServerTls};
+//!
+//! # let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+//! # let (cert_pem, key_pem) = (ck.cert.pem(), ck.key_pair.serialize_pem());
+//! // cert_pem / key_pem: your certificate chain and key (or `cert_pem_files`).
+//! let tls = ServerTls::builder().cert_pem(cert_pem.as_bytes(), key_pem.as_bytes())?.build()?;
+//! let server = Server::with_tls(ServerConfig::new("127.0.0.1", 0), tls)?;
+//! server.start().await?;
+//! let port = server.local_addr().expect("running").port();
+//!
+//! let tls = ClientTls::builder().ca_pem(cert_pem.as_bytes())?.build()?;
+//! let client = Client::with_tls(ClientConfig::new("localhost", port), tls)?;
+//! client.connect().await?;
+//! println!("{}", client.tls_info().expect("over TLS"));
+//! client.ping(Some(Duration::from_secs(5))).await?;
+//! client.disconnect().await;
+//! server.shutdown(Duration::from_secs(1)).await;
+//! # Ok(()) }
+//! ```
+
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -62,10 +105,13 @@ mod client;
 mod dispatch;
 mod io;
 mod server;
+mod tls_io;
 
 pub use bytes::Bytes;
 pub use client::{Client, ClientEvent};
+pub use io::Io;
 pub use serde_json::Value;
+pub use server::Listener;
 pub use server::{ClientInfo, Peer, Server, ServerEvent};
 pub use veltix_proto::auth::{self, ClientAuth, Identity, MemoryStore, ServerAuth};
 pub use veltix_proto::payload;
@@ -76,6 +122,8 @@ pub use veltix_proto::{
     DisconnectState, Error, Frame, HandshakeError, HubStats, LocalHello, MessageType, PeerHello,
     SendError, ServerConfig, Tags, Wait,
 };
+pub use veltix_tls as tls;
+pub use veltix_tls::{ClientTls, ServerTls, TlsError, TlsInfo};
 
 /// Locks a std mutex, ignoring poisoning (no critical section here can leave
 /// its data half-updated, and user code never runs under a lock).

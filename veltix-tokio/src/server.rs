@@ -20,7 +20,9 @@ use veltix_proto::{
 };
 
 use crate::dispatch::{BoxFut, Mailbox, RecvQueue};
+use crate::io::Io;
 use crate::{lock, now};
+use veltix_tls::{ServerTls, TlsInfo};
 
 mod conn;
 mod peer;
@@ -35,6 +37,36 @@ type Outcome = Result<Reply, RequestFailure>;
 const BACKLOG: u32 = 4096;
 /// How long handlers may still run after `shutdown`'s deadline.
 const HANDLER_SLACK: Duration = Duration::from_millis(50);
+
+/// Where a [`Server`] gets its connections from ([`Server::start_on`]):
+/// a TCP listener, or any other source of byte streams (a Unix socket, a
+/// simulated network).
+pub trait Listener: Send + 'static {
+    /// The connections' stream type.
+    type Stream: Io;
+    /// The next connection and its peer's address. Errors are logged and
+    /// accepting goes on (after a short pause when file descriptors ran out).
+    fn accept(
+        &mut self,
+    ) -> impl Future<Output = std::io::Result<(Self::Stream, SocketAddr)>> + Send;
+    /// The address listened on.
+    ///
+    /// # Errors
+    /// As the listener reports.
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, SocketAddr)> {
+        let (s, addr) = tokio::net::TcpListener::accept(self).await?;
+        let _ = s.set_nodelay(true);
+        Ok((s, addr))
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        tokio::net::TcpListener::local_addr(self)
+    }
+}
 
 /// What [`Server::recv`] returns: the events no handler consumed.
 #[derive(Debug, Clone)]
@@ -72,6 +104,8 @@ struct ConnCtl {
 
 struct PeerInfo {
     addr: SocketAddr,
+    /// What its TLS handshake negotiated (TLS servers, once it finished).
+    tls: Option<Arc<TlsInfo>>,
     /// The client's hello, once connected (kept by every `Peer` handed out).
     hello: Option<Arc<PeerHello>>,
     /// Present while the connection task runs.
@@ -104,6 +138,8 @@ struct State {
 
 struct Inner {
     config: ServerConfig,
+    /// TLS-only when set.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Mutex<State>,
     /// `max_workers`: handlers running at once, all peers together (FIFO,
     /// so flooding peers cannot starve the others).
@@ -165,12 +201,39 @@ impl Server {
     /// # Errors
     /// [`Error::Config`] for a setting out of range.
     pub fn new(config: ServerConfig) -> Result<Server, Error> {
+        Self::build(config, None)
+    }
+
+    /// A TLS-only server: every connection starts with a TLS handshake
+    /// (inside the handshake deadline, `handshake_timeout`); a peer that
+    /// does not speak TLS is cut. With a client CA in `tls` (mutual TLS),
+    /// the verified client identity is on each [`Peer`]
+    /// ([`Peer::tls_identity`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use veltix_tokio::{Server, ServerConfig, ServerTls};
+    ///
+    /// let tls = ServerTls::builder().cert_pem_files("cert.pem", "key.pem")?.build()?;
+    /// let server = Server::with_tls(ServerConfig::new("0.0.0.0", 8443), tls)?;
+    /// server.start().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a setting out of range.
+    pub fn with_tls(config: ServerConfig, tls: ServerTls) -> Result<Server, Error> {
+        Self::build(config, Some(tls))
+    }
+
+    fn build(config: ServerConfig, tls: Option<ServerTls>) -> Result<Server, Error> {
         config.validate()?;
         if config.auth.is_some() {
             config.seed_auth(crate::os_seed()?);
         }
         let hub = Hub::new(&config);
         Ok(Server(Arc::new(Inner {
+            tls: tls.map(|t| tokio_rustls::TlsAcceptor::from(t.config().clone())),
             workers: tokio::sync::Semaphore::new(config.max_workers),
             config,
             state: Mutex::new(State {
@@ -262,12 +325,29 @@ impl Server {
     /// [`Error::AlreadyRunning`], [`Error::ShutDown`] after a shutdown,
     /// [`Error::Resolve`] or [`Error::Io`] when binding fails.
     pub async fn start(&self) -> Result<(), Error> {
-        match self.state().phase {
-            Phase::New => {}
-            Phase::Running => return Err(Error::AlreadyRunning),
-            Phase::Stopped => return Err(Error::ShutDown),
-        }
+        self.check_new()?;
         let listener = bind(&self.0.config).await?;
+        self.start_on(listener)
+    }
+
+    fn check_new(&self) -> Result<(), Error> {
+        match self.state().phase {
+            Phase::New => Ok(()),
+            Phase::Running => Err(Error::AlreadyRunning),
+            Phase::Stopped => Err(Error::ShutDown),
+        }
+    }
+
+    /// Serves the clients `listener` accepts instead of binding the
+    /// config's `host:port` (a Unix socket, an in-memory or simulated
+    /// network: any [`Listener`]). TLS, when configured, runs over its
+    /// streams. Call from within a tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRunning`], [`Error::ShutDown`] after a shutdown,
+    /// [`Error::Io`] when the listener has no address.
+    pub fn start_on<L: Listener>(&self, listener: L) -> Result<(), Error> {
+        self.check_new()?;
         let addr = listener.local_addr()?;
         let mut st = self.state();
         if st.phase != Phase::New {
@@ -281,6 +361,11 @@ impl Server {
         st.accept = Some(tokio::spawn(accept_loop(self.0.clone(), listener)));
         tracing::info!(%addr, "server listening");
         Ok(())
+    }
+
+    /// Whether this server is TLS-only ([`with_tls`](Self::with_tls)).
+    pub fn is_tls(&self) -> bool {
+        self.0.tls.is_some()
     }
 
     /// The address listened on, while running.

@@ -64,6 +64,17 @@ pub struct Params {
     pub idle: usize,
     /// Discarded passes of latency, burst and stress before the measured one.
     pub warmup: usize,
+    /// Run veltix over TLS (latency, burst, stress).
+    pub tls: Option<&'static BenchTls>,
+}
+
+/// The TLS configs of a `--tls` run: a throwaway certificate for 127.0.0.1.
+#[derive(Debug)]
+pub struct BenchTls {
+    /// The server's.
+    pub server: veltix_tls::ServerTls,
+    /// The clients' (trusting exactly that certificate).
+    pub client: veltix_tls::ClientTls,
 }
 
 /// One encoded frame.

@@ -177,6 +177,7 @@ mod tests {
             msgs: 5_000,
             idle: 1,
             warmup: 0,
+            tls: None,
         }
     }
 

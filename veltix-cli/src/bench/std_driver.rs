@@ -18,8 +18,13 @@ use super::Bench;
 /// The `veltix-std` driver.
 pub struct Std;
 
-fn start_server(on_recv: Option<Arc<Arrivals>>) -> Res<(Server, u16)> {
-    let server = Server::new(ServerConfig::new("127.0.0.1", 0)).ctx("server config")?;
+fn start_server(on_recv: Option<Arc<Arrivals>>, tls: Option<&BenchTls>) -> Res<(Server, u16)> {
+    let config = ServerConfig::new("127.0.0.1", 0);
+    let server = match tls {
+        Some(t) => Server::with_tls(config, t.server.clone()),
+        None => Server::new(config),
+    }
+    .ctx("server config")?;
     if let Some(arrivals) = on_recv {
         server.on_recv(move |_, _, _| arrivals.arrived());
     }
@@ -31,8 +36,13 @@ fn start_server(on_recv: Option<Arc<Arrivals>>) -> Res<(Server, u16)> {
     Ok((server, port))
 }
 
-fn connect(port: u16) -> Res<Client> {
-    let client = Client::new(ClientConfig::new("127.0.0.1", port)).ctx("client config")?;
+fn connect(port: u16, tls: Option<&BenchTls>) -> Res<Client> {
+    let config = ClientConfig::new("127.0.0.1", port);
+    let client = match tls {
+        Some(t) => Client::with_tls(config, t.client.clone()),
+        None => Client::new(config),
+    }
+    .ctx("client config")?;
     client.connect().ctx("connecting a client")?;
     Ok(client)
 }
@@ -91,8 +101,8 @@ fn join<T>(h: JoinHandle<Res<T>>) -> Res<T> {
 }
 
 fn latency(p: &Params) -> Res<Latency> {
-    let (server, port) = start_server(None)?;
-    let client = connect(port)?;
+    let (server, port) = start_server(None, p.tls)?;
+    let client = connect(port, p.tls)?;
     let run = || -> Res<Vec<Duration>> {
         for _ in 0..PING_WARMUP {
             client.ping(Some(PING_TIMEOUT)).ctx("warm-up ping")?;
@@ -143,8 +153,8 @@ fn raw_latency(p: &Params) -> Res<Latency> {
 
 fn burst(p: &Params) -> Res<Flow> {
     let arrivals = Arc::new(Arrivals::new(p.count));
-    let (server, port) = start_server(Some(arrivals.clone()))?;
-    let client = connect(port)?;
+    let (server, port) = start_server(Some(arrivals.clone()), p.tls)?;
+    let client = connect(port, p.tls)?;
     let payload = Bytes::from(vec![b'X'; p.payload]);
     let run = || -> Res<Flow> {
         let start = Instant::now();
@@ -192,11 +202,11 @@ fn raw_burst(p: &Params) -> Res<Flow> {
 fn stress(p: &Params) -> Res<Flow> {
     let total = p.clients * p.msgs;
     let arrivals = Arc::new(Arrivals::new(total));
-    let (server, port) = start_server(Some(arrivals.clone()))?;
+    let (server, port) = start_server(Some(arrivals.clone()), p.tls)?;
     let mut clients = Vec::with_capacity(p.clients);
     let run = |clients: &mut Vec<Client>| -> Res<Flow> {
         for _ in 0..p.clients {
-            clients.push(connect(port)?);
+            clients.push(connect(port, p.tls)?);
         }
         wait_for("the server to see every client", STRESS_DEADLINE, || {
             server.clients().len() == p.clients
@@ -288,11 +298,11 @@ fn raw_stress(p: &Params) -> Res<Flow> {
 }
 
 fn memory(p: &Params) -> Res<f64> {
-    let (server, port) = start_server(None)?;
+    let (server, port) = start_server(None, None)?;
     let mut clients = Vec::with_capacity(MEMORY_WARM_CLIENTS + p.idle);
     let run = |clients: &mut Vec<Client>| -> Res<f64> {
         for _ in 0..MEMORY_WARM_CLIENTS {
-            clients.push(connect(port)?);
+            clients.push(connect(port, None)?);
         }
         wait_for("the warm clients", STRESS_DEADLINE, || {
             server.clients().len() == MEMORY_WARM_CLIENTS
@@ -300,7 +310,7 @@ fn memory(p: &Params) -> Res<f64> {
         std::thread::sleep(MEMORY_SETTLE);
         let before = rss_bytes()?;
         for _ in 0..p.idle {
-            clients.push(connect(port)?);
+            clients.push(connect(port, None)?);
         }
         wait_for("the idle clients", STRESS_DEADLINE, || {
             server.clients().len() == MEMORY_WARM_CLIENTS + p.idle

@@ -34,8 +34,13 @@ impl Tokio {
     }
 }
 
-async fn bind() -> Res<(Server, u16)> {
-    let server = Server::new(ServerConfig::new("127.0.0.1", 0)).ctx("server config")?;
+async fn bind(tls: Option<&BenchTls>) -> Res<(Server, u16)> {
+    let config = ServerConfig::new("127.0.0.1", 0);
+    let server = match tls {
+        Some(t) => Server::with_tls(config, t.server.clone()),
+        None => Server::new(config),
+    }
+    .ctx("server config")?;
     server.start().await.ctx("starting the server")?;
     let port = server
         .local_addr()
@@ -44,8 +49,13 @@ async fn bind() -> Res<(Server, u16)> {
     Ok((server, port))
 }
 
-async fn connect(port: u16) -> Res<Client> {
-    let client = Client::new(ClientConfig::new("127.0.0.1", port)).ctx("client config")?;
+async fn connect(port: u16, tls: Option<&BenchTls>) -> Res<Client> {
+    let config = ClientConfig::new("127.0.0.1", port);
+    let client = match tls {
+        Some(t) => Client::with_tls(config, t.client.clone()),
+        None => Client::new(config),
+    }
+    .ctx("client config")?;
     client.connect().await.ctx("connecting a client")?;
     Ok(client)
 }
@@ -123,11 +133,11 @@ fn raw_reader(mut s: TcpStream, bytes: u64) -> JoinHandle<Res<Instant>> {
 }
 
 async fn latency(p: Params) -> Res<Latency> {
-    let (server, port) = bind().await?;
+    let (server, port) = bind(p.tls).await?;
     // Nobody else reads the server's events: drain them so its queue never fills.
     let s = server.clone();
     let drain = tokio::spawn(async move { while s.recv().await.is_some() {} });
-    let client = connect(port).await?;
+    let client = connect(port, p.tls).await?;
     let run = async {
         for _ in 0..PING_WARMUP {
             client.ping(Some(PING_TIMEOUT)).await.ctx("warm-up ping")?;
@@ -178,9 +188,9 @@ async fn raw_latency(p: Params) -> Res<Latency> {
 }
 
 async fn burst(p: Params) -> Res<Flow> {
-    let (server, port) = bind().await?;
+    let (server, port) = bind(p.tls).await?;
     let counter = count_messages(&server, p.count);
-    let client = connect(port).await?;
+    let client = connect(port, p.tls).await?;
     let payload = Bytes::from(vec![b'X'; p.payload]);
     let run = async {
         let start = Instant::now();
@@ -230,12 +240,12 @@ async fn raw_burst(p: Params) -> Res<Flow> {
 
 async fn stress(p: Params) -> Res<Flow> {
     let total = p.clients * p.msgs;
-    let (server, port) = bind().await?;
+    let (server, port) = bind(p.tls).await?;
     let counter = count_messages(&server, total);
     let mut clients = Vec::with_capacity(p.clients);
     let run = async {
         for _ in 0..p.clients {
-            clients.push(connect(port).await?);
+            clients.push(connect(port, p.tls).await?);
         }
         wait_for("the server to see every client", || {
             server.clients().len() == p.clients
@@ -330,13 +340,13 @@ async fn raw_stress(p: Params) -> Res<Flow> {
 }
 
 async fn memory(p: Params) -> Res<f64> {
-    let (server, port) = bind().await?;
+    let (server, port) = bind(None).await?;
     let s = server.clone();
     let drain = tokio::spawn(async move { while s.recv().await.is_some() {} });
     let mut clients = Vec::with_capacity(MEMORY_WARM_CLIENTS + p.idle);
     let run = async {
         for _ in 0..MEMORY_WARM_CLIENTS {
-            clients.push(connect(port).await?);
+            clients.push(connect(port, None).await?);
         }
         wait_for("the warm clients", || {
             server.clients().len() == MEMORY_WARM_CLIENTS
@@ -345,7 +355,7 @@ async fn memory(p: Params) -> Res<f64> {
         tokio::time::sleep(MEMORY_SETTLE).await;
         let before = rss_bytes()?;
         for _ in 0..p.idle {
-            clients.push(connect(port).await?);
+            clients.push(connect(port, None).await?);
         }
         wait_for("the idle clients", || {
             server.clients().len() == MEMORY_WARM_CLIENTS + p.idle

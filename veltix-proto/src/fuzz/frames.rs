@@ -7,7 +7,7 @@ use std::time::Instant;
 use arbitrary::{Result, Unstructured};
 use bytes::{Bytes, BytesMut};
 
-use super::{chunk_len, prefix, XorShift};
+use super::{cut_points, magic_at, magics, pieces, prefix, XorShift};
 use crate::decoder::{
     Decoded, Decoder, DecoderConfig, DecoderStats, Discard, DiscardReason, TypeSet,
     DEFAULT_MAX_BUFFER_SIZE,
@@ -27,7 +27,7 @@ pub(crate) const VECTOR_TYPES: [u16; 11] = [0, 1, 200, 201, 202, 203, 204, 300, 
 ///   (10 MiB, 1024, `p[2]` — below 15 every frame is oversize —, `15 + 16·p[2]`);
 ///   bits 4–5: `max_buffer_size` (20 MiB, 50, `p[3]`, `2·max_message_size`);
 ///   bits 6–7: how to push (see [`frame_decode`]).
-/// * `p[1]`: how to cut the stream ([`chunk_len`] style, and the seed).
+/// * `p[1]`: how to cut the stream (the style of [`cut_points`], and the seed).
 fn decoder_config(p: [u8; 4]) -> DecoderConfig {
     let flags = p[0];
     let max_message_size = match (flags >> 2) & 3 {
@@ -56,24 +56,19 @@ fn decoder_config(p: [u8; 4]) -> DecoderConfig {
     }
 }
 
-/// Offset of the first `VX` in `hay`.
-fn magic_at(hay: &[u8]) -> Option<usize> {
-    hay.windows(2).position(|w| w == MAGIC)
-}
-
 /// What the events said so far, checked against the input itself.
 ///
 /// The decoder only ever drops or delivers bytes from the front of its buffer,
 /// and an overflow drops the whole buffer and the chunk: so, as long as a
 /// strict decoder has not failed, its buffer is exactly `stream[cursor..pushed]`
 /// and every event describes the bytes at `cursor`.
-struct Tracker<'a> {
-    config: DecoderConfig,
-    stream: &'a [u8],
+pub(super) struct Tracker<'a> {
+    pub(super) config: DecoderConfig,
+    pub(super) stream: &'a [u8],
     /// Bytes handed to `push`.
-    pushed: usize,
+    pub(super) pushed: usize,
     /// Bytes accounted for by events.
-    cursor: usize,
+    pub(super) cursor: usize,
     /// Whether `cursor` still points into the buffer (false once strict failed).
     tracking: bool,
     /// What the events add up to.
@@ -81,7 +76,7 @@ struct Tracker<'a> {
 }
 
 impl<'a> Tracker<'a> {
-    fn new(config: DecoderConfig, stream: &'a [u8]) -> Self {
+    pub(super) fn new(config: DecoderConfig, stream: &'a [u8]) -> Self {
         Tracker {
             config,
             stream,
@@ -100,29 +95,34 @@ impl<'a> Tracker<'a> {
         }
     }
 
-    fn event(&mut self, dec: &Decoder, d: Decoded) {
+    pub(super) fn event(&mut self, dec: &Decoder, d: Decoded) {
         let at = &self.stream[self.cursor.min(self.pushed)..self.pushed];
         match d {
             Decoded::Frame(f) => {
-                let enc = f.to_vec().expect("a decoded frame fits the length field");
+                let len = f.encoded_len();
                 assert!(
-                    enc.len() <= self.config.max_message_size,
-                    "frame of {} bytes delivered past max_message_size {}",
-                    enc.len(),
+                    len <= self.config.max_message_size,
+                    "frame of {len} bytes delivered past max_message_size {}",
                     self.config.max_message_size
                 );
                 if let Some(set) = &self.config.accepted_types {
                     assert!(set.contains(f.message_type), "unaccepted type delivered");
                 }
                 if self.tracking {
-                    assert!(
-                        at.starts_with(&enc),
-                        "a delivered frame must be the input at its position (flags kept)"
+                    // The input at its position, flags kept (compared in
+                    // place: no copy of the frame).
+                    let h = Header::parse(at).expect("a frame starts with a header");
+                    assert_eq!(
+                        (h.flags, h.message_type, h.request_id, h.frame_len()),
+                        (f.flags, f.message_type, f.request_id, len),
+                        "a delivered frame must be the input at its position"
                     );
+                    assert!(at[HEADER_LEN..len] == f.payload[..], "payload differs");
+                    assert_eq!(h.crc32, crc32fast::hash(&f.payload), "frame with a bad CRC");
                 }
-                self.cursor += enc.len();
+                self.cursor += len;
                 self.seen.frames += 1;
-                self.seen.frame_bytes += enc.len() as u64;
+                self.seen.frame_bytes += len as u64;
             }
             Decoded::Discarded(d) => {
                 assert!(d.bytes > 0, "empty discard {d:?}");
@@ -198,6 +198,11 @@ impl<'a> Tracker<'a> {
         while let Some(d) = dec.next_frame() {
             self.event(dec, d);
         }
+        self.check(dec);
+    }
+
+    /// Once `next_frame` said `None`: the counters, conservation and liveness.
+    pub(super) fn check(&mut self, dec: &mut Decoder) {
         assert!(dec.next_frame().is_none(), "None is not sticky");
         let st = *dec.stats();
         let seen = self.seen;
@@ -270,11 +275,11 @@ pub fn frame_decode(_t0: Instant, data: &[u8]) {
     let config = decoder_config(p);
     let mode = p[0] >> 6;
     let mut rng = XorShift::new(u64::from(u32::from_le_bytes(p)) ^ ((stream.len() as u64) << 32));
+    let cuts = cut_points(p[1], &mut rng, stream.len(), || magics(stream));
     let mut dec = Decoder::new(config.clone());
     let mut t = Tracker::new(config, stream);
-    while t.pushed < stream.len() {
-        let n = chunk_len(p[1], &mut rng, stream.len() - t.pushed);
-        let chunk = &stream[t.pushed..t.pushed + n];
+    for piece in pieces(&cuts, stream.len()) {
+        let chunk = &stream[piece];
         let owned = match mode {
             1 => true,
             2 => rng.below(2) == 0,
@@ -285,7 +290,7 @@ pub fn frame_decode(_t0: Instant, data: &[u8]) {
         } else {
             dec.push(chunk);
         }
-        t.pushed += n;
+        t.pushed += chunk.len();
         assert!(
             dec.buffered() <= t.config.max_buffer_size,
             "buffer {} past max_buffer_size {}",
@@ -310,13 +315,18 @@ pub fn frame_decode(_t0: Instant, data: &[u8]) {
     );
 }
 
-/// An arbitrary frame: any type, id and flags; a payload from the input, or
-/// now and then a long run of one byte (up to 70 000, past `u16` lengths).
-pub(crate) fn arb_frame(u: &mut Unstructured<'_>) -> Result<Frame> {
+/// An arbitrary frame: any type, id and flags; a payload from the input, or,
+/// when a byte says `L` (while `long` is set, which it then clears: at most
+/// one per execution, as each costs some 15 copies and CRCs of up to 70 KB
+/// and a resync scanning it, a hundred times a short frame) a long run of
+/// one byte (up to 70 000, past `u16` lengths). Not a ratio: a run of zero
+/// bytes, or the end of the input, must not mean "long".
+pub(crate) fn arb_frame(u: &mut Unstructured<'_>, long: &mut bool) -> Result<Frame> {
     let message_type: MessageType = u.arbitrary()?;
     let request_id: u16 = u.arbitrary()?;
     let flags: u8 = u.arbitrary()?;
-    let payload = if u.ratio(1u8, 16)? {
+    let payload = if *long && u.arbitrary::<u8>()? == b'L' {
+        *long = false;
         let fill: u8 = u.arbitrary()?;
         vec![fill; u.int_in_range(0..=70_000usize)?]
     } else {
@@ -377,8 +387,9 @@ pub fn frame_roundtrip(_t0: Instant, data: &[u8]) {
 }
 
 fn structured_roundtrips(u: &mut Unstructured<'_>) -> Result<()> {
+    let mut long = true;
     for _ in 0..u.int_in_range(1..=4u8)? {
-        let f = arb_frame(u)?;
+        let f = arb_frame(u, &mut long)?;
         let corrupt_at: usize = u.arbitrary()?;
         frame_roundtrip_one(&f, corrupt_at);
     }
@@ -431,7 +442,10 @@ fn frame_roundtrip_one(f: &Frame, corrupt_at: usize) {
         max_message_size: enc.len() - 1,
         ..exact
     };
-    match one(under, &enc).0.first() {
+    // Oversize is decided on the header alone (the decoder does not wait for
+    // the payload): push just the header, or the resync would scan the whole
+    // payload for the next `VX` (up to 70 000 bytes, one at a time).
+    match one(under, &enc[..HEADER_LEN]).0.first() {
         Some(Decoded::Discarded(Discard {
             reason: DiscardReason::Oversize { declared },
             ..
@@ -458,7 +472,11 @@ fn frame_roundtrip_one(f: &Frame, corrupt_at: usize) {
 /// up to 6 arbitrary ones read from the input as [`arbitrary::Unstructured`],
 /// which also chooses strictness, a type filter (dropped frames must come out
 /// as whole `UnknownType` discards in both runs), a `max_message_size` of
-/// exactly the largest frame or the default, and how to cut.
+/// exactly the largest frame or the default, and how to cut: the style of
+/// [`cut_points`] (bit 7: drain now and then instead of after every push)
+/// and its seed, with the frame starts as marks, so that each execution
+/// splits headers where the cuts tell the most, in at most
+/// [`MAX_PIECES`](super::MAX_PIECES) pushes.
 pub fn frame_chunking(_t0: Instant, data: &[u8]) {
     let (events, _) = decode_all(DecoderConfig::default(), data);
     let frames: Vec<Frame> = events
@@ -478,8 +496,9 @@ fn chunking(u: &mut Unstructured<'_>, mut frames: Vec<Frame>) -> Result<()> {
     let seed: u64 = u.arbitrary()?;
     let strict: bool = u.arbitrary()?;
     let filter: u8 = u.arbitrary()?;
+    let mut long = true;
     for _ in 0..u.int_in_range(0..=6u8)? {
-        match arb_frame(u) {
+        match arb_frame(u, &mut long) {
             Ok(f) => frames.push(f),
             Err(_) => break,
         }
@@ -497,7 +516,9 @@ fn chunking(u: &mut Unstructured<'_>, mut frames: Vec<Frame>) -> Result<()> {
     });
     let mut stream = Vec::new();
     let mut expected = Vec::new();
+    let mut starts = Vec::new();
     for f in &frames {
+        starts.push(stream.len());
         f.encode(&mut stream).expect("fits");
         let kept = accepted.as_ref().is_none_or(|s| s.contains(f.message_type));
         expected.push(if kept {
@@ -527,17 +548,15 @@ fn chunking(u: &mut Unstructured<'_>, mut frames: Vec<Frame>) -> Result<()> {
     assert_eq!(whole.buffered(), 0);
 
     let mut rng = XorShift::new(seed);
+    let cuts = cut_points(style, &mut rng, stream.len(), || starts);
     let mut cut = Decoder::new(config);
     let mut got = Vec::new();
-    let mut at = 0;
-    while at < stream.len() {
-        let n = chunk_len(style, &mut rng, stream.len() - at);
+    for piece in pieces(&cuts, stream.len()) {
         if rng.below(2) == 0 {
-            cut.push(&stream[at..at + n]);
+            cut.push(&stream[piece]);
         } else {
-            cut.push_bytes(BytesMut::from(&stream[at..at + n]));
+            cut.push_bytes(BytesMut::from(&stream[piece]));
         }
-        at += n;
         if style & 0x80 == 0 || rng.below(4) == 0 {
             got.extend(drain_all(&mut cut));
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use arbitrary::{Result, Unstructured};
 use serde_json::{Map, Value};
 
-use super::{chunk_len, prefix, XorShift};
+use super::{cut_points, magics, pieces, prefix, XorShift};
 use crate::connection::{Connection, ConnectionConfig};
 use crate::event::{CloseReason, Event};
 use crate::frame::{Frame, MessageType};
@@ -32,11 +32,15 @@ pub fn handshake_client(t0: Instant, data: &[u8]) {
 /// [`arbitrary::Unstructured`] to build each handshake message — the valid
 /// one, an arbitrary JSON object with `pv`/`v`/`meta`/`result`/`error` keys
 /// of any type behind a right or wrong `u16` length, raw bytes, a rejection,
-/// a hello padded to around the 30 KiB cap — and trailing frames); bit 1:
+/// a hello padded to around the 30 KiB cap when a further byte is `P` — and
+/// trailing frames); bit 1:
 /// strict decoder; bit 2: EOF after the last byte; bits 3–4: whether
 /// `handle_timeout(now)` runs before each input, after it, either, or only at
 /// the end. `p[1]·40 ms` is the handshake timeout. `p[2]` chooses how the
-/// stream is cut and `p[3]` how far time moves between pieces.
+/// stream is cut (the style of [`cut_points`], with the message and frame
+/// starts as marks: at most [`MAX_PIECES`](super::MAX_PIECES) pieces, so
+/// that a hello padded to 30 KiB costs no more than a short one) and `p[3]`
+/// how far time moves between pieces.
 ///
 /// Asserts: no panic; before `Connected` the only possible event is a `Closed`
 /// with [`CloseReason::Handshake`]; at most one `Connected`, `Closed` last;
@@ -289,8 +293,11 @@ fn arb_message(
             };
             (encode_rejection(&reason).to_vec(), outcome)
         }
+        5 if u.arbitrary::<u8>()? != b'P' => valid(),
         _ => {
-            // Pad a valid message with JSON whitespace to a length around the cap.
+            // Pad a valid message with JSON whitespace to a length around the
+            // cap, when a further byte says `P`: parsing 30 KiB costs as
+            // much as a hundred short messages.
             let (msg, outcome) = valid();
             let body = &msg[2..];
             let lo = body.len().max(MAX_HANDSHAKE_LEN - 4);
@@ -378,6 +385,8 @@ fn run(t0: Instant, side: Side, data: &[u8]) {
 struct Watch {
     side: Side,
     hello: Vec<u8>,
+    /// Our hello, then the ack (what a server sends once connected).
+    hello_ack: Vec<u8>,
     sent: Vec<u8>,
     connected: Option<PeerHello>,
     closed: Option<CloseReason>,
@@ -414,13 +423,14 @@ impl Watch {
         }
         // What we sent: a prefix of our hello until connected; a server then
         // sends the ack right after it.
-        let mut expected = self.hello.clone();
-        if self.connected.is_some() && self.side == Side::Server {
-            expected.extend_from_slice(&encode_ack());
-        }
+        let expected: &[u8] = if self.connected.is_some() && self.side == Side::Server {
+            &self.hello_ack
+        } else {
+            &self.hello
+        };
         if self.connected.is_some() && self.closed.is_none() {
             assert!(
-                self.sent.starts_with(&expected),
+                self.sent.starts_with(expected),
                 "handshake bytes sent wrong"
             );
         } else if self.closed.is_some() && self.sent.len() >= expected.len() {
@@ -428,7 +438,7 @@ impl Watch {
             // (reported in `unsent_bytes`), so a connection closed at once
             // may have sent less; never anything else.
             assert!(
-                self.sent.starts_with(&expected),
+                self.sent.starts_with(expected),
                 "handshake bytes sent wrong"
             );
         } else {
@@ -451,12 +461,15 @@ fn feed(t0: Instant, side: Side, p: [u8; 4], wire: &[u8], verdict: Option<&Verdi
     };
     config.decoder.strict = strict;
     let hello = encode_hello(&config.hello).to_vec();
+    let mut hello_ack = hello.clone();
+    hello_ack.extend_from_slice(&encode_ack());
     // The caller's epoch: the core never reads a clock.
     let deadline = t0 + timeout;
     let mut conn = Connection::new(side, Arc::new(config), t0);
     let mut w = Watch {
         side,
         hello,
+        hello_ack,
         sent: Vec::new(),
         connected: None,
         closed: None,
@@ -476,8 +489,9 @@ fn feed(t0: Instant, side: Side, p: [u8; 4], wire: &[u8], verdict: Option<&Verdi
     let mut now = t0;
     let mut timer_saw_deadline = false;
     let mut at = 0;
-    while at < wire.len() {
-        let n = chunk_len(p[2], &mut rng, wire.len() - at);
+    let cuts = cut_points(p[2], &mut rng, wire.len(), || marks(wire));
+    for piece in pieces(&cuts, wire.len()) {
+        let n = piece.len();
         now += Duration::from_millis(step_ms(&mut rng));
         if p[3] & 4 != 0 && rng.below(8) == 0 && now < deadline {
             now = deadline; // exactly on the deadline
@@ -545,6 +559,26 @@ fn feed(t0: Instant, side: Side, p: [u8; 4], wire: &[u8], verdict: Option<&Verdi
             w.closed
         );
     }
+}
+
+/// Where the handshake messages (a `u16` length, then the body) and the
+/// frames after them begin, as far as the bytes tell.
+fn marks(wire: &[u8]) -> Vec<usize> {
+    let mut marks = Vec::new();
+    let mut at = 0;
+    for _ in 0..2 {
+        let Some(len) = wire.get(at..at + 2) else {
+            break;
+        };
+        marks.push(at);
+        at += 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+    }
+    if let Some(rest) = wire.get(at..) {
+        // The frames after the handshake: those in the first KiB will do.
+        let rest = &rest[..rest.len().min(1024)];
+        marks.extend(magics(rest).into_iter().map(|m| m + at));
+    }
+    marks
 }
 
 /// The oracle's verdict once the deciding bytes are in (the connection was

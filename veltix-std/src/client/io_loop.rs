@@ -14,6 +14,7 @@ use veltix_proto::{Error, SessionEvent};
 
 use crate::io::{self, Flushed, Output, Read1};
 use crate::pool::{lock, Item, Mailbox, Pool};
+use crate::transport::{Stream, TlsStream, Transport};
 
 use super::{Client, Core, CONN};
 
@@ -21,7 +22,8 @@ use super::{Client, Core, CONN};
 
 pub(super) struct Conn {
     transport: u64,
-    stream: TcpStream,
+    /// Plaintext TCP, or TLS over it for a TLS client.
+    stream: Stream,
     /// TCP connect in progress.
     dialing: bool,
     pending: VecDeque<Bytes>,
@@ -62,6 +64,9 @@ pub(super) struct ClientIo {
     pub(super) pool: Arc<Pool>,
     pub(super) mailbox: Arc<Mailbox>,
     pub(super) conn: Option<Conn>,
+    /// The TLS failure that ended this transport: the session only sees an
+    /// I/O error kind, so its give-up error is replaced by this one.
+    pub(super) tls_failure: Option<(u64, veltix_tls::TlsError)>,
     /// Items taken from the core in this pass, not yet in the mailbox (at
     /// most one past the mailbox's cap; the socket is not read while this
     /// is non-empty).
@@ -125,9 +130,9 @@ impl ClientIo {
         let name = self.name();
         if let Some(c) = self.conn.as_mut().filter(|c| c.dialing && c.event) {
             c.event = false;
-            let r = match c.stream.take_error() {
+            let r = match c.stream.socket().take_error() {
                 Ok(Some(e)) | Err(e) => Some(Err(e)),
-                Ok(None) => match c.stream.peer_addr() {
+                Ok(None) => match c.stream.socket().peer_addr() {
                     Ok(a) => Some(Ok(a)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotConnected => None,
                     Err(e) => Some(Err(e)),
@@ -136,9 +141,9 @@ impl ClientIo {
             match r {
                 Some(Ok(addr)) => {
                     c.dialing = false;
-                    let _ = c.stream.set_nodelay(true);
+                    let _ = c.stream.socket().set_nodelay(true);
                     g.peer_addr = Some(addr);
-                    g.local_addr = c.stream.local_addr().ok();
+                    g.local_addr = c.stream.socket().local_addr().ok();
                     g.session.handle_dialed(now, c.transport);
                     tracing::debug!(server = %addr, "tcp connected");
                 }
@@ -182,6 +187,7 @@ impl ClientIo {
                         break;
                     }
                     Read1::Failed(e) => {
+                        let e = note_tls(&mut self.tls_failure, c.transport, e);
                         g.session.handle_transport_error(now, &e);
                         break;
                     }
@@ -198,6 +204,7 @@ impl ClientIo {
             let Some(dial) = g.session.poll_dial(now) else {
                 break;
             };
+            self.tls_failure = None;
             drop(g);
             let r = self.dial();
             g = lock(&shared.core);
@@ -205,7 +212,7 @@ impl ClientIo {
             match r {
                 Ok(mut stream) => {
                     match self.poll.registry().register(
-                        &mut stream,
+                        stream.socket(),
                         CONN,
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
@@ -235,7 +242,7 @@ impl ClientIo {
         // Write.
         // (Written without the lock; `exchange` takes it briefly.)
         if let Some(c) = self.conn.as_mut().filter(|c| !c.dialing) {
-            if g.session.has_transmit() || !c.pending.is_empty() {
+            if g.session.has_transmit() || !c.pending.is_empty() || c.stream.wants_write() {
                 drop(g);
                 let mut out = SessionOut {
                     core: &shared.core,
@@ -246,6 +253,7 @@ impl ClientIo {
                 notify |= n > 0;
                 g = lock(&shared.core);
                 if let Flushed::Failed(e) = r {
+                    let e = note_tls(&mut self.tls_failure, c.transport, e);
                     if g.session.transport() == Some(c.transport) {
                         g.session.handle_transport_error(now, &e);
                     }
@@ -271,11 +279,14 @@ impl ClientIo {
             let want = if c.dialing {
                 Some(Interest::READABLE | Interest::WRITABLE)
             } else {
-                io::interest(read_ok, !c.pending.is_empty())
+                io::interest(
+                    read_ok,
+                    io::wants_writable(&c.stream, !c.pending.is_empty()),
+                )
             };
             io::set_interest(
                 self.poll.registry(),
-                &mut c.stream,
+                c.stream.socket(),
                 CONN,
                 &mut c.interest,
                 want,
@@ -295,8 +306,10 @@ impl ClientIo {
         format!("{}:{}", c.server_addr, c.port)
     }
 
-    /// Resolves and starts a non-blocking TCP connect (outside the lock).
-    fn dial(&self) -> Result<TcpStream, Error> {
+    /// Resolves and starts a non-blocking TCP connect (outside the lock),
+    /// with TLS over it for a TLS client (its handshake starts once TCP is
+    /// up, inside the session's handshake deadline).
+    fn dial(&self) -> Result<Stream, Error> {
         let c = &self.client.0.config;
         let name = self.name();
         let addr = (c.server_addr.as_str(), c.port)
@@ -304,7 +317,15 @@ impl ClientIo {
             .map_err(|_| Error::Resolve(name.clone()))?
             .next()
             .ok_or_else(|| Error::Resolve(name.clone()))?;
-        TcpStream::connect(addr).map_err(|e| Error::from_connect(e, &name, c.handshake_timeout))
+        let tcp = TcpStream::connect(addr)
+            .map_err(|e| Error::from_connect(e, &name, c.handshake_timeout))?;
+        Ok(match &self.client.0.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let conn = tls.new_connection(&c.server_addr)?;
+                Stream::Tls(Box::new(TlsStream::new(tcp, conn)))
+            }
+        })
     }
 
     /// Drops the socket once the session no longer uses it.
@@ -320,11 +341,13 @@ impl ClientIo {
 
     fn drop_conn(&mut self, g: &mut Core) {
         if let Some(mut c) = self.conn.take() {
+            c.stream.close();
             if c.interest.is_some() {
-                let _ = self.poll.registry().deregister(&mut c.stream);
+                let _ = self.poll.registry().deregister(c.stream.socket());
             }
             g.peer_addr = None;
             g.local_addr = None;
+            g.tls = None;
         }
     }
 
@@ -356,7 +379,8 @@ impl ClientIo {
             let client = self.client.clone();
             match ev {
                 SessionEvent::Connected(_) => {
-                    tracing::info!(server = %self.name(), "connected");
+                    g.tls = self.conn.as_ref().and_then(|c| c.stream.tls_info());
+                    tracing::info!(server = %self.name(), tls = ?g.tls, "connected");
                     self.enqueue(Item::Job(Box::new(move || {
                         let cb = client.callbacks_read().on_connect.clone();
                         if let Some(cb) = cb {
@@ -376,6 +400,7 @@ impl ClientIo {
                     })));
                 }
                 SessionEvent::GaveUp(e) => {
+                    let e = veltix_tls::give_up_error(e, self.tls_failure.take().map(|t| t.1));
                     tracing::debug!(error = %e, "gave up connecting");
                     self.enqueue(Item::Job(Box::new(move || client.set_outcome(Err(e)))));
                 }
@@ -413,6 +438,21 @@ impl ClientIo {
         self.client.0.cv.notify_all();
         Step::Exit
     }
+}
+
+/// Keeps the TLS error an I/O error carries (for the give-up error) and
+/// returns what the session is told.
+fn note_tls(
+    slot: &mut Option<(u64, veltix_tls::TlsError)>,
+    transport: u64,
+    e: std::io::Error,
+) -> std::io::Error {
+    let (e, tls) = veltix_tls::split_io_error(e);
+    if let Some(tls) = tls {
+        tracing::debug!(error = %tls, "TLS failed");
+        *slot = Some((transport, tls));
+    }
+    e
 }
 
 /// Hands a request's outcome to its waiter; `true` if one was waiting.

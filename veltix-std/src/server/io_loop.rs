@@ -3,19 +3,21 @@
 //! [`Hub`], fires its deadlines, and routes its events to waiters and to the
 //! mailboxes of the worker pool.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use veltix_proto::{Error, Frame, HubEvent, PeerId, ServerConfig};
 
 use crate::io::{self, Flushed, Output, Read1};
 use crate::pool::{lock, Item, Mailbox, Pool, MAILBOX_BYTES};
+use crate::transport::{Stream, TlsStream, Transport};
 
 use super::peer::Peer;
 use super::{
@@ -52,13 +54,16 @@ pub(super) fn bind(config: &ServerConfig) -> Result<TcpListener, Error> {
 // ------------------------------------------------------------------ I/O loop
 
 struct Sock {
-    stream: TcpStream,
+    /// Plaintext TCP, or TLS over it on a TLS server.
+    stream: Stream,
     peer: PeerId,
     /// Taken from the core, not yet written.
     pending: VecDeque<Bytes>,
     /// Readable and not read to `WouldBlock` yet.
     readable: bool,
     interest: Option<Interest>,
+    /// The TLS client identity was handed to the hub (or there is none).
+    identity_known: bool,
 }
 
 /// The handler side of one connected peer.
@@ -127,6 +132,9 @@ pub(super) struct IoLoop {
     staged: HashSet<PeerId>,
     /// Reused buffer for `Hub::poll_events`.
     batch: Vec<(PeerId, HubEvent)>,
+    /// TLS connections to check for silence (a plaintext Veltix client
+    /// waiting for our hello), earliest first.
+    probes: BinaryHeap<Reverse<(Instant, Token)>>,
 }
 
 /// Events taken from one peer per round-robin turn.
@@ -163,6 +171,7 @@ impl IoLoop {
             blocked: HashSet::new(),
             staged: HashSet::new(),
             batch: Vec::with_capacity(EVENT_BATCH),
+            probes: BinaryHeap::new(),
         }
     }
 
@@ -247,6 +256,7 @@ impl IoLoop {
         if self.accept_ready && self.listener.is_some() && self.paused_until.is_none() {
             self.accept(&mut g, now);
         }
+        self.probe(&mut g, now);
 
         // Read (the lock is released around each read).
         drop(g);
@@ -273,7 +283,11 @@ impl IoLoop {
             }
         }
         for t in &self.dirty {
-            if self.socks.get(t).is_some_and(|s| !s.pending.is_empty()) {
+            if self
+                .socks
+                .get(t)
+                .is_some_and(|s| !s.pending.is_empty() || s.stream.wants_write())
+            {
                 to_write.push(*t);
             }
         }
@@ -288,10 +302,12 @@ impl IoLoop {
         // Finished connections: drop their sockets at once.
         while let Some(p) = g.hub.poll_finished() {
             g.addrs.remove(&p);
+            g.tls.remove(&p);
             if let Some(t) = self.by_peer.remove(&p) {
                 if let Some(mut s) = self.socks.remove(&t) {
+                    s.stream.close();
                     if s.interest.is_some() {
-                        let _ = self.poll.registry().deregister(&mut s.stream);
+                        let _ = self.poll.registry().deregister(s.stream.socket());
                     }
                 }
                 self.to_read.remove(&t);
@@ -323,10 +339,10 @@ impl IoLoop {
                 self.blocked.insert(t);
             }
             let read = g.hub.wants_input(s.peer) && free;
-            let want = io::interest(read, !s.pending.is_empty());
+            let want = io::interest(read, io::wants_writable(&s.stream, !s.pending.is_empty()));
             io::set_interest(
                 self.poll.registry(),
-                &mut s.stream,
+                s.stream.socket(),
                 t,
                 &mut s.interest,
                 want,
@@ -341,6 +357,9 @@ impl IoLoop {
         let mut deadline = g.hub.poll_timeout();
         if let Some(p) = self.paused_until {
             deadline = Some(deadline.map_or(p, |d| d.min(p)));
+        }
+        if let Some(Reverse((p, _))) = self.probes.peek() {
+            deadline = Some(deadline.map_or(*p, |d| d.min(*p)));
         }
         if let Phase::Stopping { until } = g.phase {
             deadline = Some(deadline.map_or(until, |d| d.min(until)));
@@ -371,6 +390,29 @@ impl IoLoop {
                     Ok(peer) => {
                         let _ = stream.set_nodelay(true);
                         let t = Token(self.next_token);
+                        // The hub's handshake deadline runs from here: it
+                        // covers the TLS handshake too.
+                        let stream = match &self.shared.tls {
+                            None => Stream::Plain(stream),
+                            Some(tls) => match tls.new_connection() {
+                                Ok(c) => {
+                                    let probe = veltix_tls::plaintext_probe_delay(
+                                        self.shared.config.handshake_timeout,
+                                    );
+                                    self.probes.push(Reverse((now + probe, t)));
+                                    Stream::Tls(Box::new(TlsStream::new(stream, c)))
+                                }
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot start TLS");
+                                    g.hub.handle_transport_error(
+                                        peer,
+                                        now,
+                                        &std::io::Error::other("TLS"),
+                                    );
+                                    continue;
+                                }
+                            },
+                        };
                         self.next_token = self.next_token.wrapping_add(1).max(FIRST_CONN);
                         g.addrs.insert(peer, addr);
                         self.by_peer.insert(peer, t);
@@ -382,6 +424,7 @@ impl IoLoop {
                                 pending: VecDeque::new(),
                                 readable: false,
                                 interest: None,
+                                identity_known: false,
                             },
                         );
                         self.dirty.insert(t);
@@ -389,8 +432,13 @@ impl IoLoop {
                     }
                     Err(rejection) => {
                         // Best effort, non-blocking: the socket is fresh, the
-                        // rejection small. Then close.
-                        let _ = stream.write(&rejection.bytes);
+                        // rejection small. Then close. (A TLS server closes
+                        // at once: plaintext would read as garbage to a TLS
+                        // client, and a handshake costs more than a refusal
+                        // is worth.)
+                        if self.shared.tls.is_none() {
+                            let _ = stream.write(&rejection.bytes);
+                        }
                         tracing::debug!(%addr, reason = %rejection.reason, "rejected");
                     }
                 },
@@ -432,6 +480,34 @@ impl IoLoop {
         // More may be waiting: `accept_ready` stays set.
     }
 
+    /// TLS connections that said nothing for the probe delay: plaintext
+    /// Veltix clients waiting for our hello. They get a plaintext
+    /// `tls_required` rejection (best effort) and are closed.
+    fn probe(&mut self, g: &mut Core, now: Instant) {
+        while let Some(&Reverse((at, t))) = self.probes.peek() {
+            if at > now {
+                return;
+            }
+            self.probes.pop();
+            let Some(s) = self.socks.get_mut(&t) else {
+                continue;
+            };
+            if g.hub.is_open(s.peer) && s.stream.silent() {
+                let _ = s
+                    .stream
+                    .socket()
+                    .write(&veltix_tls::tls_required_rejection());
+                tracing::debug!(peer = %s.peer, "silent peer on a TLS server: answered tls_required");
+                g.hub.handle_transport_error(
+                    s.peer,
+                    now,
+                    &veltix_tls::TlsError::PlaintextPeer.into_io(),
+                );
+                self.dirty.insert(t);
+            }
+        }
+    }
+
     pub(super) fn read(&mut self, shared: &Shared, t: Token, now: Instant) {
         let Some(s) = self.socks.get_mut(&t) else {
             self.to_read.remove(&t);
@@ -450,7 +526,18 @@ impl IoLoop {
             let r = io::read1(&mut s.stream, &mut self.buf);
             g = lock(&shared.core);
             match r {
-                Read1::Data(n) => g.hub.handle_input(peer, now, &self.buf[..n]),
+                Read1::Data(n) => {
+                    if !s.identity_known {
+                        // Plaintext arrived: the TLS handshake is over, and a
+                        // verified client certificate is the peer's identity
+                        // before its Veltix handshake ends.
+                        s.identity_known = true;
+                        if let Some(id) = s.stream.tls_info().and_then(|i| i.identity()) {
+                            g.hub.set_transport_identity(peer, id);
+                        }
+                    }
+                    g.hub.handle_input(peer, now, &self.buf[..n]);
+                }
                 Read1::Eof => {
                     g.hub.handle_eof(peer, now);
                     break;
@@ -462,6 +549,9 @@ impl IoLoop {
                     return;
                 }
                 Read1::Failed(e) => {
+                    if let Some(tls) = veltix_tls::TlsError::in_io(&e) {
+                        tracing::debug!(%peer, error = %tls, "TLS failed");
+                    }
                     g.hub.handle_transport_error(peer, now, &e);
                     break;
                 }
@@ -564,10 +654,20 @@ impl IoLoop {
                     let Some(&addr) = g.addrs.get(&peer) else {
                         return false;
                     };
+                    let tls = self
+                        .by_peer
+                        .get(&peer)
+                        .and_then(|t| self.socks.get(t))
+                        .and_then(|s| s.stream.tls_info())
+                        .map(Arc::new);
+                    if let Some(info) = &tls {
+                        g.tls.insert(peer, info.clone());
+                    }
                     let handle = Peer {
                         id: peer,
                         addr,
                         hello: Some(Arc::new(hello)),
+                        tls,
                         server: Arc::downgrade(&self.shared),
                     };
                     let waker = self.waker.clone();
@@ -657,11 +757,12 @@ impl IoLoop {
         while g.hub.poll_finished().is_some() {}
         for (_, mut s) in self.socks.drain() {
             if s.interest.is_some() {
-                let _ = self.poll.registry().deregister(&mut s.stream);
+                let _ = self.poll.registry().deregister(s.stream.socket());
             }
         }
         self.by_peer.clear();
         g.addrs.clear();
+        g.tls.clear();
         let mut dropped = 0;
         for (_, d) in self.dispatch.drain() {
             dropped += d.mailbox.discard_messages();

@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 use veltix_proto::{ConnectionStats, Hub, Identity, PeerHello, PeerId, Tags};
+use veltix_tls::TlsInfo;
 
 use crate::pool::lock;
 
@@ -21,6 +22,8 @@ pub struct Peer {
     pub(super) addr: SocketAddr,
     /// The hello seen when the handle was made (kept after the peer left).
     pub(super) hello: Option<Arc<PeerHello>>,
+    /// What its TLS handshake negotiated (TLS servers only).
+    pub(super) tls: Option<Arc<TlsInfo>>,
     pub(super) server: Weak<Shared>,
 }
 
@@ -81,6 +84,17 @@ impl Peer {
         self.with_hub(|h| h.peer_hello(self.id).cloned())
             .flatten()
             .or_else(|| self.hello.as_deref().cloned())
+    }
+    /// What its TLS handshake negotiated (protocol, cipher suite, ALPN,
+    /// client identity); `None` on a plaintext server.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        self.tls.as_deref().cloned()
+    }
+    /// The identity of its verified client certificate (mutual TLS): the
+    /// certificate's subject CN, else its first DNS name
+    /// ([`veltix_tls::peer_identity`]). `None` without a client certificate.
+    pub fn tls_identity(&self) -> Option<String> {
+        self.tls.as_deref()?.peer_identity.clone()
     }
     /// Who the client proved to be (authentication in the handshake, or a
     /// verified TLS client certificate); `None` for an anonymous peer. Kept

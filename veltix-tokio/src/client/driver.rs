@@ -3,16 +3,19 @@
 //! waiters, the handler queue and [`Client::recv`](super::Client::recv).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use veltix_proto::{Error, SessionEvent};
 
 use crate::dispatch::{Catch, EVENT_OVERHEAD};
-use crate::io::{self, Read, ReadBuf, Timer, WRITE_TURN};
+use crate::io::{self, Io, Read, ReadBuf, Ready, Timer, WRITE_TURN};
 use crate::{lock, now};
 
 use super::{Client, ClientEvent, DialFut, Inner, Job, State};
@@ -81,6 +84,7 @@ impl State {
                 None => self.push_recv(inner, ClientEvent::Disconnected(d), EVENT_OVERHEAD),
             },
             SessionEvent::GaveUp(error) => {
+                let error = veltix_tls::give_up_error(error, self.tls_failure.take());
                 tracing::debug!(%error, "client gave up connecting");
                 let mut error = Some(error);
                 for tx in self.connecting.drain(..) {
@@ -171,28 +175,54 @@ async fn dialed(d: &mut Option<(u64, DialFut)>) -> Result<(TcpStream, SocketAddr
     }
 }
 
-async fn readable(s: &Option<(u64, TcpStream)>) -> std::io::Result<()> {
-    match s {
-        Some((_, s)) => s.readable().await,
+type TlsFut = Pin<
+    Box<dyn Future<Output = std::io::Result<tokio_rustls::client::TlsStream<TcpStream>>> + Send>,
+>;
+
+async fn secured(
+    d: &mut Option<(u64, TlsFut)>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    match d {
+        Some((_, f)) => f.await,
         None => std::future::pending().await,
     }
 }
 
-async fn writable(s: &Option<(u64, TcpStream)>) {
-    match s {
-        Some((_, s)) => {
-            let _ = s.writable().await;
-        }
+async fn stream_ready(
+    sock: &mut Option<(u64, Box<dyn Io>)>,
+    buf: &mut ReadBuf,
+    read: bool,
+    writing: Option<&mut Bytes>,
+    flush: &mut bool,
+) -> Ready {
+    match sock {
+        Some((_, s)) => io::ready(s, buf, read, writing, flush).await,
         None => std::future::pending().await,
     }
 }
 
-/// The client's task: dials, moves bytes, fires deadlines, routes events;
-/// exits once the session is neither connected nor connecting.
+/// Keeps the TLS error an I/O error carries (for the give-up error) and
+/// returns what the session is told.
+fn note_tls(st: &mut State, e: std::io::Error) -> std::io::Error {
+    let (e, tls) = veltix_tls::split_io_error(e);
+    if let Some(tls) = tls {
+        tracing::debug!(error = %tls, "TLS failed");
+        st.tls_failure = Some(tls);
+    }
+    e
+}
+
+/// The client's task: dials, runs TLS over the new connection for a TLS
+/// client, moves bytes, fires deadlines, routes events; exits once the
+/// session is neither connected nor connecting.
 pub(super) async fn drive(inner: Arc<Inner>) {
-    let mut sock: Option<(u64, TcpStream)> = None;
+    let mut sock: Option<(u64, Box<dyn Io>)> = None;
     let mut dialing: Option<(u64, DialFut)> = None;
+    // A TLS handshake over a dialled connection (inside the session's
+    // handshake deadline: the session opened when TCP connected).
+    let mut securing: Option<(u64, TlsFut)> = None;
     let mut out = Bytes::new();
+    let mut flush = false;
     let mut buf = ReadBuf::default();
     let mut timer = Timer::new();
     loop {
@@ -206,18 +236,30 @@ pub(super) async fn drive(inner: Arc<Inner>) {
                 let c = &inner.config;
                 let fut = dial(c.server_addr.clone(), c.port, c.handshake_timeout);
                 dialing = Some((d.transport, Box::pin(fut)));
+                st.tls_failure = None;
             }
             let current = st.session.transport();
             if sock.as_ref().is_some_and(|(id, _)| Some(*id) != current) {
                 // The session is done with this transport: release it now.
-                sock = None;
+                if let (Some((_, mut s)), true) = (sock.take(), st.tls.is_some()) {
+                    // `close_notify`, best effort, without waiting.
+                    io::poll_once(|cx| Pin::new(&mut s).poll_shutdown(cx));
+                }
                 out = Bytes::new();
+                flush = false;
                 st.peer_addr = None;
                 st.local_addr = None;
+                st.tls = None;
                 inner.room.notify_waiters();
             }
             if dialing.as_ref().is_some_and(|(id, _)| Some(*id) != current) {
                 dialing = None;
+            }
+            if securing
+                .as_ref()
+                .is_some_and(|(id, _)| Some(*id) != current)
+            {
+                securing = None;
             }
             if sock.is_some() && out.is_empty() {
                 out = st.session.poll_transmit().unwrap_or_default();
@@ -245,37 +287,38 @@ pub(super) async fn drive(inner: Arc<Inner>) {
                 st.session.next_timer(),
             )
         };
-        // Output: as much as the socket takes now, reported piece by piece.
+        // Output: as much as the stream takes now, reported piece by piece.
         let mut turn = 0;
         let mut failed = false;
-        if let Some((_, s)) = &sock {
-            while !out.is_empty() && turn < WRITE_TURN {
-                match io::write(s, &mut out) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        turn += n;
-                        let mut st = lock(&inner.state);
-                        st.session.handle_written(now(), n);
-                        if out.is_empty() {
-                            out = st.session.poll_transmit().unwrap_or_default();
-                        }
-                    }
-                    Err(e) => {
-                        lock(&inner.state).session.handle_transport_error(now(), &e);
-                        out = Bytes::new();
-                        failed = true;
-                    }
+        if let Some((_, s)) = &mut sock {
+            let written = io::write_now(s, &mut out, |n, out| {
+                let mut st = lock(&inner.state);
+                st.session.handle_written(now(), n);
+                if out.is_empty() {
+                    *out = st.session.poll_transmit().unwrap_or_default();
+                }
+            })
+            .await;
+            match written {
+                Ok(n) => turn = n,
+                Err(e) => {
+                    let mut st = lock(&inner.state);
+                    let e = note_tls(&mut st, e);
+                    st.session.handle_transport_error(now(), &e);
+                    out = Bytes::new();
+                    failed = true;
                 }
             }
         }
         if turn > 0 {
+            flush = true;
             inner.room.notify_waiters();
         }
         if failed || turn >= WRITE_TURN {
             tokio::task::yield_now().await;
             continue;
         }
-        let writing = !out.is_empty();
+        let writing = (!out.is_empty()).then_some(&mut out);
         timer.set(deadline);
         tokio::select! {
             r = dialed(&mut dialing) => {
@@ -287,31 +330,74 @@ pub(super) async fn drive(inner: Arc<Inner>) {
                         if st.session.transport() == Some(t) {
                             st.peer_addr = Some(addr);
                             st.local_addr = s.local_addr().ok();
-                            sock = Some((t, s));
+                            match &inner.tls {
+                                None => sock = Some((t, Box::new(s))),
+                                Some((connector, name)) => {
+                                    let fut = connector.connect(name.clone(), s);
+                                    securing = Some((t, Box::pin(fut)));
+                                }
+                            }
                         }
                     }
                     Err(e) => st.session.handle_dial_failed(now(), t, e),
                 }
             }
-            r = readable(&sock), if read => {
-                let r = match (r, &sock) {
-                    (Ok(()), Some((_, s))) => buf.read(s),
-                    (Err(e), _) => Read::Failed(e),
-                    _ => Read::WouldBlock,
-                };
-                {
-                    let mut st = lock(&inner.state);
-                    match r {
-                        Read::Data => st.session.handle_input(now(), buf.data()),
-                        Read::Eof => st.session.handle_eof(now()),
-                        Read::Failed(e) => st.session.handle_transport_error(now(), &e),
-                        Read::WouldBlock => {}
+            r = secured(&mut securing) => {
+                let t = securing.take().map_or(0, |(t, _)| t);
+                let mut st = lock(&inner.state);
+                match r {
+                    Ok(tls) => {
+                        if st.session.transport() == Some(t) {
+                            st.tls = veltix_tls::TlsInfo::of(tls.get_ref().1);
+                            tracing::debug!(tls = ?st.tls, "TLS established");
+                            sock = Some((t, Box::new(tls)));
+                        }
+                    }
+                    Err(e) => {
+                        let e = note_tls(&mut st, crate::tls_io::classify(e, true));
+                        if st.session.transport() == Some(t) {
+                            st.session.handle_transport_error(now(), &e);
+                        }
                     }
                 }
-                // `readable()` is not budgeted by tokio: count each read.
-                tokio::task::consume_budget().await;
             }
-            () = writable(&sock), if writing => {}
+            r = stream_ready(&mut sock, &mut buf, read, writing, &mut flush) => {
+                match r {
+                    Ready::Read(r) => {
+                        {
+                            let mut st = lock(&inner.state);
+                            match r {
+                                Read::Data => st.session.handle_input(now(), buf.data()),
+                                Read::Eof => st.session.handle_eof(now()),
+                                Read::Failed(e) => {
+                                    let e = note_tls(&mut st, e);
+                                    st.session.handle_transport_error(now(), &e);
+                                }
+                            }
+                        }
+                        // Reading TLS can queue records (tickets, key updates).
+                        flush = true;
+                        // Not every stream counts reads against tokio's budget.
+                        tokio::task::consume_budget().await;
+                    }
+                    Ready::Wrote(n) => {
+                        let mut st = lock(&inner.state);
+                        st.session.handle_written(now(), n);
+                        if out.is_empty() {
+                            out = st.session.poll_transmit().unwrap_or_default();
+                        }
+                        drop(st);
+                        flush = true;
+                        inner.room.notify_waiters();
+                    }
+                    Ready::Failed(e) => {
+                        let mut st = lock(&inner.state);
+                        let e = note_tls(&mut st, e);
+                        st.session.handle_transport_error(now(), &e);
+                        out = Bytes::new();
+                    }
+                }
+            }
             () = timer.fired(), if timer.is_armed() => {}
             () = inner.wake.notified() => {}
         }

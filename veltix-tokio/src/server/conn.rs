@@ -9,15 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::AsyncWrite;
+use tokio::net::{TcpListener, TcpSocket};
 use veltix_proto::{Error, HubEvent, PeerId, ServerConfig};
+use veltix_tls::TlsInfo;
 
 use crate::dispatch::{Catch, Mailbox, EVENT_OVERHEAD};
-use crate::io::{self, Read, ReadBuf, Timer, WRITE_TURN};
+use crate::io::{self, Io, Read, ReadBuf, Ready, Timer, WRITE_TURN};
+use crate::tls_io::Prefixed;
 use crate::{lock, now};
 
 use super::peer::Peer;
-use super::{ConnCtl, Inner, Job, PeerInfo, Phase, Server, ServerEvent, State, BACKLOG};
+use super::{ConnCtl, Inner, Job, Listener, PeerInfo, Phase, Server, ServerEvent, State, BACKLOG};
 
 impl State {
     pub(super) fn peer(&self, inner: &Arc<Inner>, id: PeerId) -> Peer {
@@ -26,6 +29,7 @@ impl State {
             id,
             addr: info.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |i| i.addr),
             hello: info.and_then(|i| i.hello.clone()),
+            tls: info.and_then(|i| i.tls.clone()),
             server: Arc::downgrade(inner),
         }
     }
@@ -195,7 +199,7 @@ async fn dispatch(inner: Arc<Inner>, id: PeerId) {
 
 /// Accepts until aborted by `shutdown`. Running out of file descriptors
 /// backs off and is logged at most once a second.
-pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+pub(super) async fn accept_loop<L: Listener>(inner: Arc<Inner>, mut listener: L) {
     let mut last_log: Option<tokio::time::Instant> = None;
     loop {
         match listener.accept().await {
@@ -216,8 +220,7 @@ pub(super) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+fn admit<S: Io>(inner: &Arc<Inner>, stream: S, addr: SocketAddr) {
     let mut st = lock(&inner.state);
     if st.phase != Phase::Running {
         return;
@@ -232,6 +235,7 @@ fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
                 PeerInfo {
                     addr,
                     hello: None,
+                    tls: None,
                     read_paused: false,
                     ctl: Some(ctl),
                     task: Some(task),
@@ -240,17 +244,19 @@ fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
         }
         Err(rejection) => {
             drop(st);
+            if inner.tls.is_some() {
+                // Closed at once: plaintext would read as garbage to a TLS
+                // client, and a handshake costs more than a refusal is worth.
+                return;
+            }
             tokio::spawn(async move {
+                let mut stream = stream;
                 let mut out = rejection.bytes;
-                let written = tokio::time::timeout(Duration::from_secs(1), async {
-                    while !out.is_empty() {
-                        if stream.writable().await.is_err() || io::write(&stream, &mut out).is_err()
-                        {
-                            break;
-                        }
-                    }
-                });
-                let _ = written.await;
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    io::write_now(&mut stream, &mut out, |_, _| {}),
+                )
+                .await;
             });
         }
     }
@@ -262,7 +268,162 @@ fn admit(inner: &Arc<Inner>, stream: TcpStream, addr: SocketAddr) {
 /// Reads of one connection before its task lets the others run (4 x 64 KiB).
 const READS_PER_TURN: usize = 4;
 
-async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: TcpStream) {
+async fn conn_task<S: Io>(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: S) {
+    match inner.tls.clone() {
+        None => drop(serve(&inner, id, &ctl, stream).await),
+        Some(acceptor) => {
+            let Some(stream) = first_bytes(&inner, id, &ctl, stream).await else {
+                return finish(&inner, id, &ctl);
+            };
+            if let Some(tls) = tls_handshake(&inner, id, &ctl, acceptor.accept(stream)).await {
+                let mut tls = serve(&inner, id, &ctl, tls).await;
+                // `close_notify`, best effort, without waiting.
+                tls.get_mut().1.send_close_notify();
+                io::poll_once(|cx| std::pin::Pin::new(&mut tls).poll_flush(cx));
+            }
+        }
+    }
+    finish(&inner, id, &ctl);
+}
+
+/// The end of a connection task: its state goes (the peer's too, once the
+/// hub forgot it).
+fn finish(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl) {
+    ctl.room.notify_waiters();
+    let mut st = lock(&inner.state);
+    st.pump(inner, Some(id), false);
+    let gone = st.hub.tags(id).is_none();
+    if let Some(info) = st.peers.get_mut(&id) {
+        info.ctl = None;
+        info.task = None;
+        if gone {
+            st.peers.remove(&id);
+        }
+    }
+}
+
+/// Waits for the first bytes of a connection to a TLS server, within the
+/// hub's handshake deadline. A peer silent for the probe delay is a
+/// plaintext Veltix client waiting for our hello: it gets a plaintext
+/// `tls_required` rejection and is closed (`None`). The bytes read are
+/// handed on with the stream.
+async fn first_bytes<S: Io>(
+    inner: &Arc<Inner>,
+    id: PeerId,
+    ctl: &ConnCtl,
+    mut stream: S,
+) -> Option<Prefixed<S>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = tokio::time::sleep(veltix_tls::plaintext_probe_delay(
+        inner.config.handshake_timeout,
+    ));
+    tokio::pin!(probe);
+    let mut timer = Timer::new();
+    let mut first = vec![0u8; 4096];
+    loop {
+        {
+            let mut st = lock(&inner.state);
+            st.pump(inner, Some(id), false);
+            if !st.hub.is_open(id) {
+                return None;
+            }
+            timer.set(st.hub.peer_timeout(id));
+        }
+        tokio::select! {
+            r = stream.read(&mut first) => {
+                let mut st = lock(&inner.state);
+                return match r {
+                    Ok(0) => {
+                        st.hub.handle_eof(id, now());
+                        None
+                    }
+                    Ok(n) => {
+                        first.truncate(n);
+                        Some(Prefixed::new(first, stream))
+                    }
+                    Err(e) => {
+                        st.hub.handle_transport_error(id, now(), &e);
+                        None
+                    }
+                };
+            }
+            () = &mut probe => {
+                let rejection = veltix_tls::tls_required_rejection();
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(200),
+                    stream.write_all(&rejection),
+                )
+                .await;
+                tracing::debug!(peer = %id, "silent peer on a TLS server: answered tls_required");
+                let e = veltix_tls::TlsError::PlaintextPeer.into_io();
+                lock(&inner.state).hub.handle_transport_error(id, now(), &e);
+                return None;
+            }
+            () = timer.fired(), if timer.is_armed() => {
+                lock(&inner.state).hub.handle_peer_timeout(id, now());
+            }
+            () = ctl.wake.notified() => {}
+        }
+    }
+}
+
+/// Runs a TLS server handshake inside the hub's handshake deadline (the
+/// hub accepted the connection when TCP was: its deadline covers TLS too).
+/// `None` when it failed, timed out or the hub closed the connection.
+async fn tls_handshake<S: Io>(
+    inner: &Arc<Inner>,
+    id: PeerId,
+    ctl: &ConnCtl,
+    accept: tokio_rustls::Accept<S>,
+) -> Option<tokio_rustls::server::TlsStream<S>> {
+    let mut accept = std::pin::pin!(accept);
+    let mut timer = Timer::new();
+    loop {
+        {
+            let mut st = lock(&inner.state);
+            st.pump(inner, Some(id), false);
+            if !st.hub.is_open(id) {
+                return None;
+            }
+            timer.set(st.hub.peer_timeout(id));
+        }
+        tokio::select! {
+            r = &mut accept => {
+                let mut st = lock(&inner.state);
+                return match r {
+                    Ok(tls) => {
+                        let info = TlsInfo::of(tls.get_ref().1).map(Arc::new);
+                        // A verified client certificate is the peer's identity
+                        // before its Veltix handshake ends.
+                        if let Some(ident) = info.as_ref().and_then(|i| i.identity()) {
+                            st.hub.set_transport_identity(id, ident);
+                        }
+                        if let Some(p) = st.peers.get_mut(&id) {
+                            p.tls = info;
+                        }
+                        Some(tls)
+                    }
+                    Err(e) => {
+                        let e = crate::tls_io::classify(e, true);
+                        tracing::debug!(peer = %id, error = %e, "TLS handshake failed");
+                        st.hub.handle_transport_error(id, now(), &e);
+                        None
+                    }
+                };
+            }
+            () = timer.fired(), if timer.is_armed() => {
+                lock(&inner.state).hub.handle_peer_timeout(id, now());
+            }
+            () = ctl.wake.notified() => {}
+        }
+    }
+}
+
+/// Serves the connection over `stream` until the hub is done with it;
+/// gives the stream back.
+async fn serve<S: Io>(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl, mut stream: S) -> S {
+    let inner = inner.clone();
+    let mut flush = false;
     let mut out = Bytes::new();
     let mut buf = ReadBuf::default();
     let mut timer = Timer::new();
@@ -285,82 +446,89 @@ async fn conn_task(inner: Arc<Inner>, id: PeerId, ctl: Arc<ConnCtl>, stream: Tcp
             }
             (read, st.hub.peer_timeout(id))
         };
-        // Output: as much as the socket takes now, reported piece by piece.
-        let mut turn = 0;
-        let mut failed = false;
-        while !out.is_empty() && turn < WRITE_TURN {
-            match io::write(&stream, &mut out) {
-                Ok(0) => break,
-                Ok(n) => {
-                    turn += n;
-                    let mut st = lock(&inner.state);
-                    st.hub.handle_written(id, now(), n);
-                    if out.is_empty() {
-                        out = st.hub.poll_transmit(id).unwrap_or_default();
-                    }
-                }
-                Err(e) => {
-                    lock(&inner.state).hub.handle_transport_error(id, now(), &e);
-                    out = Bytes::new();
-                    failed = true;
-                }
+        // Output: as much as the stream takes now, reported piece by piece.
+        let written = io::write_now(&mut stream, &mut out, |n, out| {
+            let mut st = lock(&inner.state);
+            st.hub.handle_written(id, now(), n);
+            if out.is_empty() {
+                *out = st.hub.poll_transmit(id).unwrap_or_default();
             }
-        }
+        })
+        .await;
+        let (turn, failed) = match written {
+            Ok(n) => (n, false),
+            Err(e) => {
+                lock(&inner.state).hub.handle_transport_error(id, now(), &e);
+                out = Bytes::new();
+                (0, true)
+            }
+        };
         if turn > 0 {
+            // A TLS stream may hold records of it: they go out on flush.
+            flush = true;
             ctl.room.notify_waiters();
         }
         if failed || turn >= WRITE_TURN {
             tokio::task::yield_now().await;
             continue;
         }
-        let writing = !out.is_empty();
+        let writing = (!out.is_empty()).then_some(&mut out);
         timer.set(deadline);
         tokio::select! {
-            r = stream.readable(), if read => {
-                let r = match r {
-                    Ok(()) => buf.read(&stream),
-                    Err(e) => Read::Failed(e),
-                };
-                {
-                    let mut st = lock(&inner.state);
-                    match r {
-                        Read::Data => st.hub.handle_input(id, now(), buf.data()),
-                        Read::Eof => st.hub.handle_eof(id, now()),
-                        Read::Failed(e) => st.hub.handle_transport_error(id, now(), &e),
-                        Read::WouldBlock => {}
+            r = io::ready(&mut stream, &mut buf, read, writing, &mut flush) => match r {
+                Ready::Read(r) => {
+                    {
+                        let mut st = lock(&inner.state);
+                        match r {
+                            Read::Data => st.hub.handle_input(id, now(), buf.data()),
+                            Read::Eof => st.hub.handle_eof(id, now()),
+                            Read::Failed(e) => fail(&mut st, id, &e),
+                        }
+                    }
+                    // Reading TLS can queue records (tickets, key updates).
+                    flush = true;
+                    // A stream that is always readable (a flood) must not
+                    // keep this worker: count each read against tokio's
+                    // cooperative budget (not every stream does), and let
+                    // the other tasks run after every 256 KiB read in a row
+                    // (the budget alone allows 128 reads, 8 MiB, per turn).
+                    tokio::task::consume_budget().await;
+                    reads_in_a_row += 1;
+                    if reads_in_a_row >= READS_PER_TURN {
+                        reads_in_a_row = 0;
+                        tokio::task::yield_now().await;
                     }
                 }
-                // A socket that is always readable (a flood) must not keep
-                // this worker: `readable()` does not count against tokio's
-                // cooperative budget, so count each read here, and let the
-                // other tasks run after every 256 KiB read in a row (the
-                // budget alone allows 128 reads, 8 MiB, per turn).
-                tokio::task::consume_budget().await;
-                reads_in_a_row += 1;
-                if reads_in_a_row >= READS_PER_TURN {
-                    reads_in_a_row = 0;
-                    tokio::task::yield_now().await;
+                Ready::Wrote(n) => {
+                    let mut st = lock(&inner.state);
+                    st.hub.handle_written(id, now(), n);
+                    if out.is_empty() {
+                        out = st.hub.poll_transmit(id).unwrap_or_default();
+                    }
+                    drop(st);
+                    flush = true;
+                    ctl.room.notify_waiters();
                 }
-            }
-            _ = stream.writable(), if writing => {}
+                Ready::Failed(e) => {
+                    fail(&mut lock(&inner.state), id, &e);
+                    out = Bytes::new();
+                }
+            },
             () = timer.fired(), if timer.is_armed() => {
                 lock(&inner.state).hub.handle_peer_timeout(id, now());
             }
             () = ctl.wake.notified() => {}
         }
     }
-    drop(stream);
-    ctl.room.notify_waiters();
-    let mut st = lock(&inner.state);
-    st.pump(&inner, Some(id), false);
-    let gone = st.hub.tags(id).is_none();
-    if let Some(info) = st.peers.get_mut(&id) {
-        info.ctl = None;
-        info.task = None;
-        if gone {
-            st.peers.remove(&id);
-        }
+    stream
+}
+
+/// Reports a stream failure to the hub (TLS failures are logged).
+fn fail(st: &mut State, id: PeerId, e: &std::io::Error) {
+    if let Some(tls) = veltix_tls::TlsError::in_io(e) {
+        tracing::debug!(peer = %id, error = %tls, "TLS failed");
     }
+    st.hub.handle_transport_error(id, now(), e);
 }
 
 pub(super) async fn bind(config: &ServerConfig) -> Result<TcpListener, Error> {

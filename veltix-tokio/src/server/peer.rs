@@ -6,6 +6,7 @@ use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 use veltix_proto::{ConnectionStats, Hub, Identity, PeerHello, PeerId, Tags};
+use veltix_tls::TlsInfo;
 
 use crate::lock;
 
@@ -19,6 +20,8 @@ pub struct Peer {
     pub(super) id: PeerId,
     pub(super) addr: SocketAddr,
     pub(super) hello: Option<Arc<PeerHello>>,
+    /// What its TLS handshake negotiated (TLS servers only).
+    pub(super) tls: Option<Arc<TlsInfo>>,
     pub(super) server: Weak<Inner>,
 }
 
@@ -46,6 +49,17 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
+    /// What its TLS handshake negotiated (protocol, cipher suite, ALPN,
+    /// client identity); `None` on a plaintext server.
+    pub fn tls_info(&self) -> Option<TlsInfo> {
+        self.tls.as_deref().cloned()
+    }
+    /// The identity of its verified client certificate (mutual TLS): the
+    /// certificate's subject CN, else its first DNS name
+    /// ([`veltix_tls::peer_identity`]). `None` without a client certificate.
+    pub fn tls_identity(&self) -> Option<String> {
+        self.tls.as_deref()?.peer_identity.clone()
+    }
     fn with_hub<T>(&self, f: impl FnOnce(&mut Hub, PeerId) -> T) -> Option<T> {
         let inner = self.server.upgrade()?;
         let mut st = lock(&inner.state);

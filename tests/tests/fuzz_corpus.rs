@@ -339,6 +339,28 @@ mod found_by_fuzzing {
         }
     }
 
+    /// Found by the campaign of issue 15 (`retry_policy`, reproducers in
+    /// `fuzz/artifacts/retry_policy/`), a bug of the fuzz body, not the
+    /// core: the body required the first backoff delay to equal the
+    /// configured delay within `2e-16` relative, but `base_delay` goes
+    /// through `Duration::as_secs_f64`, which rounds twice (the seconds,
+    /// then the sum with the nanoseconds): past 2^53 s one ULP is 2 s, and
+    /// the error reached 1.98 s, just over `2e-16 × delay` (1.80 s). The
+    /// body now allows 2^-51 relative; the core stays within one ULP.
+    #[test]
+    fn backoff_delay_past_2_pow_53_seconds_rounds_by_up_to_one_ulp() {
+        for delay in [
+            Duration::new(9_008_217_834_716_653, 980_090_114),
+            Duration::new(9_008_299_101_978_881, 954_742_262),
+        ] {
+            let policy = RetryPolicy::fixed(u32::MAX, delay).with_backoff(1.5, Duration::ZERO, 0.0);
+            let got = policy.base_delay(2);
+            let err = got.max(delay) - got.min(delay);
+            // 2^53 s <= delay < 2^54 s: one ULP of f64 seconds is 2 s.
+            assert!(err <= Duration::from_secs(2), "{got:?} vs {delay:?}");
+        }
+    }
+
     /// The whole-handshake deadline is only enforced by `handle_timeout`:
     /// input handled at or after the deadline (a driver that reads before it
     /// checks timers, or a read that returns just after the deadline)

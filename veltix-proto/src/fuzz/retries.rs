@@ -189,9 +189,13 @@ fn check_base_delays(p: &RetryPolicy) {
     }
     if p.backoff.is_some() {
         // Through f64 seconds: exact to the nanosecond for any delay under
-        // ~48 days, within 2^-52 relative beyond.
+        // ~48 days; beyond, `Duration::as_secs_f64` rounds twice (the
+        // seconds, then with the nanoseconds added), up to one ULP: 2^-52
+        // relative. (The tolerance was 2e-16, a little less: found by the
+        // campaign at 2^53 s, where one ULP is 2 s; see `found_by_fuzzing`.)
         let (got, want) = (p.base_delay(2), p.delay);
-        let tol = Duration::from_nanos(1) + Duration::from_secs_f64(want.as_secs_f64() * 2e-16);
+        let tol = Duration::from_nanos(1)
+            + Duration::from_secs_f64(want.as_secs_f64() * 2.0 * f64::EPSILON);
         assert!(
             got.max(want) - got.min(want) <= tol,
             "the first backoff delay is the delay: {got:?} vs {want:?}"

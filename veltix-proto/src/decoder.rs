@@ -579,7 +579,7 @@ impl Decoder {
 #[inline]
 fn find_magic(hay: &[u8]) -> Option<usize> {
     let mut from = 0;
-    while let Some(i) = hay[from..].iter().position(|&b| b == MAGIC[0]) {
+    while let Some(i) = memchr::memchr(MAGIC[0], &hay[from..]) {
         let at = from + i;
         if hay.get(at + 1) == Some(&MAGIC[1]) {
             return Some(at);

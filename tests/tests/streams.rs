@@ -1,10 +1,12 @@
 //! veltix-tokio over streams other than TCP: a [`Listener`] of in-memory
 //! `tokio::io::duplex` pipes, served plain and with TLS layered over the
-//! pipe (`Server::start_on`). The test side speaks the protocol by hand
-//! (and TLS with `tokio-rustls`), so nothing here dials TCP: the driver's
-//! connection tasks run over whatever stream they are given.
+//! pipe (`Server::start_on`), and a [`Connector`] that dials by handing the
+//! server a fresh pipe (`Client::with_connector`). The first tests speak
+//! the protocol by hand (and TLS with `tokio-rustls`); the last runs the
+//! driver's client against its server. Nothing here dials TCP.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,9 +14,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::mpsc;
 use veltix_proto::frame::{Header, HEADER_LEN};
 use veltix_proto::handshake::{encode_hello, parse_body};
+use veltix_proto::ClientConfig;
 use veltix_proto::{Frame, LocalHello, MessageType, ServerConfig};
 use veltix_tests::pki::Pki;
-use veltix_tokio::{Listener, Server};
+use veltix_tokio::{Client, ClientEvent, Connector, Error, Listener, Server};
 
 const ECHO: MessageType = MessageType::new(200);
 /// Any address: the peers of this listener have none.
@@ -130,4 +133,110 @@ async fn tls_runs_over_any_stream() {
     assert_eq!(peers.len(), 1);
     assert_eq!(peers[0].tls_identity().as_deref(), Some("pipe-client"));
     server.shutdown(Duration::from_secs(1)).await;
+}
+
+/// Dials by handing the server one end of a new pipe; counts its dials.
+struct PipeDialer {
+    to_server: mpsc::Sender<DuplexStream>,
+    dials: Arc<AtomicUsize>,
+}
+
+impl Connector for PipeDialer {
+    type Stream = DuplexStream;
+    async fn connect(&self, host: &str, port: u16) -> Result<(DuplexStream, SocketAddr), Error> {
+        assert_eq!((host, port), ("localhost", 7), "the config's host and port");
+        self.dials.fetch_add(1, Ordering::SeqCst);
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        self.to_server
+            .send(theirs)
+            .await
+            .map_err(|_| Error::Refused("the pipe server is gone".into()))?;
+        Ok((ours, SocketAddr::from(NOWHERE)))
+    }
+}
+
+/// The driver's client and server over pipes only: connect, a request
+/// bigger than a pipe's buffer, a server push, and a reconnect through the
+/// connector after the server drops the client; with `tls`, all of it
+/// inside TLS over the pipes.
+async fn client_over_pipes(tls: bool) {
+    let pki = Pki::new("Veltix test CA");
+    let server = if tls {
+        let st = veltix_tests::pki::server_tls(&pki.server_cert(), None);
+        Server::with_tls(ServerConfig::new("127.0.0.1", 0), st).expect("server")
+    } else {
+        Server::new(ServerConfig::new("127.0.0.1", 0)).expect("server")
+    };
+    echo_server(&server);
+    let (tx, rx) = mpsc::channel(4);
+    server.start_on(Pipes(rx)).expect("start_on");
+    let dials = Arc::new(AtomicUsize::new(0));
+    let dialer = PipeDialer {
+        to_server: tx,
+        dials: Arc::clone(&dials),
+    };
+    let mut config = ClientConfig::new("localhost", 7);
+    config.retry = 3;
+    config.retry_delay = Duration::from_millis(20);
+    let client_tls = tls.then(|| pki.client_tls());
+    let client = Client::with_connector(config, dialer, client_tls).expect("client");
+    let run = async {
+        client.connect().await.expect("connect over a pipe");
+        assert_eq!(client.is_tls(), tls);
+        assert_eq!(client.peer_addr(), Some(SocketAddr::from(NOWHERE)));
+        assert_eq!(client.local_addr(), None, "pipes have no local address");
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let reply = client
+            .request(ECHO, big.clone(), Some(Duration::from_secs(5)))
+            .await
+            .expect("echo");
+        assert_eq!(reply.payload, big);
+        let peer = server.clients().pop().expect("one peer");
+        assert_eq!(peer.tls_info().is_some(), tls);
+        server
+            .send(&peer, ECHO, b"pushed".to_vec(), None)
+            .await
+            .expect("push");
+        loop {
+            match client.recv().await {
+                Some(ClientEvent::Message(f)) => {
+                    assert_eq!(&f.payload[..], b"pushed");
+                    break;
+                }
+                Some(ClientEvent::Connected(_)) => {}
+                other => panic!("expected the push, got {other:?}"),
+            }
+        }
+        // The server drops the client: the client dials again through the
+        // connector and works as before.
+        assert!(server.close_client(&peer));
+        loop {
+            match client.recv().await {
+                Some(ClientEvent::Connected(_)) => break,
+                Some(ClientEvent::Disconnected(_)) => {}
+                other => panic!("expected a reconnect, got {other:?}"),
+            }
+        }
+        let reply = client
+            .request(ECHO, b"again".to_vec(), Some(Duration::from_secs(5)))
+            .await
+            .expect("echo after the reconnect");
+        assert_eq!(&reply.payload[..], b"again");
+    };
+    tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("in time");
+    assert_eq!(dials.load(Ordering::SeqCst), 2, "one dial per connection");
+    client.disconnect().await;
+    server.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dials_through_any_connector() {
+    client_over_pipes(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_runs_tls_over_any_connector() {
+    client_over_pipes(true).await;
 }

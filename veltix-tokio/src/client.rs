@@ -7,12 +7,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use veltix_proto::{
@@ -25,14 +23,16 @@ use crate::{lock, now};
 use rustls::pki_types::ServerName;
 use veltix_tls::{ClientTls, TlsError, TlsInfo};
 
+mod connector;
 mod driver;
+use self::connector::Dial;
+pub use self::connector::{Connector, TcpConnector};
 use self::driver::drive;
 
 type ConnHandler = Arc<dyn Fn(Client) -> BoxFut + Send + Sync>;
 type DiscHandler = Arc<dyn Fn(Client, DisconnectState) -> BoxFut + Send + Sync>;
 type MsgHandler = Arc<dyn Fn(Client, Frame) -> BoxFut + Send + Sync>;
 type Outcome = Result<Reply, RequestFailure>;
-type DialFut = Pin<Box<dyn Future<Output = Result<(TcpStream, SocketAddr), Error>> + Send>>;
 
 /// How long `disconnect` may take past the flush deadline.
 const SLACK: Duration = Duration::from_millis(50);
@@ -87,6 +87,8 @@ struct State {
 
 struct Inner {
     config: ClientConfig,
+    /// Makes each attempt's stream.
+    connector: Arc<dyn Dial>,
     /// TLS required when set: the connector and the name to verify.
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     state: Mutex<State>,
@@ -160,7 +162,7 @@ impl Client {
     /// # Errors
     /// [`Error::Config`] for a setting out of range.
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
-        Self::build(config, None)
+        Self::with_connector(config, TcpConnector, None)
     }
 
     /// A client that requires TLS: every connection starts with a TLS
@@ -184,17 +186,49 @@ impl Client {
     /// [`Error::Config`] for a setting out of range, [`Error::Tls`] when
     /// the server name is neither a DNS name nor an IP address.
     pub fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Client, Error> {
-        let name = tls.name_for(&config.server_addr)?;
-        Self::build(
-            config,
-            Some((tokio_rustls::TlsConnector::from(tls.config().clone()), name)),
-        )
+        Self::with_connector(config, TcpConnector, Some(tls))
     }
 
-    fn build(
+    /// A client whose connections come from `connector` (a Unix socket, an
+    /// in-memory pipe, a simulated network: any [`Connector`]) instead of
+    /// TCP; with `tls`, every connection starts with a TLS handshake over
+    /// the stream, as in [`with_tls`](Self::with_tls). [`new`](Self::new)
+    /// is `with_connector(config, TcpConnector, None)`.
+    ///
+    /// ```no_run
+    /// # #[cfg(unix)]
+    /// # async fn demo() -> Result<(), veltix_tokio::Error> {
+    /// use std::net::SocketAddr;
+    /// use veltix_tokio::{Client, ClientConfig, Connector, Error};
+    ///
+    /// struct Local;
+    /// impl Connector for Local {
+    ///     type Stream = tokio::net::UnixStream;
+    ///     async fn connect(&self, _: &str, _: u16) -> Result<(Self::Stream, SocketAddr), Error> {
+    ///         let s = tokio::net::UnixStream::connect("/run/veltix.sock").await?;
+    ///         Ok((s, SocketAddr::from(([127, 0, 0, 1], 0))))
+    ///     }
+    /// }
+    ///
+    /// let client = Client::with_connector(ClientConfig::new("local", 0), Local, None)?;
+    /// client.connect().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Self::new) and [`with_tls`](Self::with_tls).
+    pub fn with_connector(
         config: ClientConfig,
-        tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+        connector: impl Connector,
+        tls: Option<ClientTls>,
     ) -> Result<Client, Error> {
+        let tls = match tls {
+            None => None,
+            Some(tls) => {
+                let name = tls.name_for(&config.server_addr)?;
+                Some((tokio_rustls::TlsConnector::from(tls.config().clone()), name))
+            }
+        };
         config.validate()?;
         if config.auth.is_some() {
             config.seed_auth(crate::os_seed()?);
@@ -208,6 +242,7 @@ impl Client {
         Ok(Client(Arc::new_cyclic(|owner| {
             Owner(Arc::new(Inner {
                 config,
+                connector: Arc::new(connector),
                 tls,
                 state: Mutex::new(State {
                     session,

@@ -108,7 +108,7 @@ mod server;
 mod tls_io;
 
 pub use bytes::Bytes;
-pub use client::{Client, ClientEvent};
+pub use client::{Client, ClientEvent, Connector, TcpConnector};
 pub use io::Io;
 pub use serde_json::Value;
 pub use server::Listener;

@@ -4,21 +4,19 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 use veltix_proto::{Error, SessionEvent};
 
 use crate::dispatch::{Catch, EVENT_OVERHEAD};
 use crate::io::{self, Io, Read, ReadBuf, Ready, Timer, WRITE_TURN};
 use crate::{lock, now};
 
-use super::{Client, ClientEvent, DialFut, Inner, Job, State};
+use super::connector::{DialFut, Dialed};
+use super::{Client, ClientEvent, Inner, Job, State};
 
 impl State {
     fn push_job(&mut self, inner: &Arc<Inner>, job: Job, cost: usize) {
@@ -146,42 +144,17 @@ async fn dispatch(inner: Arc<Inner>) {
     }
 }
 
-async fn dial(
-    host: String,
-    port: u16,
-    timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), Error> {
-    let name = format!("{host}:{port}");
-    let addrs = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|_| Error::Resolve(name.clone()))?;
-    let mut last = Error::Resolve(name);
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                return Ok((s, addr));
-            }
-            Err(e) => last = Error::from_connect(e, addr, timeout),
-        }
-    }
-    Err(last)
-}
-
-async fn dialed(d: &mut Option<(u64, DialFut)>) -> Result<(TcpStream, SocketAddr), Error> {
+async fn dialed(d: &mut Option<(u64, DialFut)>) -> Result<Dialed, Error> {
     match d {
         Some((_, f)) => f.await,
         None => std::future::pending().await,
     }
 }
 
-type TlsFut = Pin<
-    Box<dyn Future<Output = std::io::Result<tokio_rustls::client::TlsStream<TcpStream>>> + Send>,
->;
+type TlsStream = tokio_rustls::client::TlsStream<Box<dyn Io>>;
+type TlsFut = Pin<Box<dyn Future<Output = std::io::Result<TlsStream>> + Send>>;
 
-async fn secured(
-    d: &mut Option<(u64, TlsFut)>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+async fn secured(d: &mut Option<(u64, TlsFut)>) -> std::io::Result<TlsStream> {
     match d {
         Some((_, f)) => f.await,
         None => std::future::pending().await,
@@ -234,8 +207,12 @@ pub(super) async fn drive(inner: Arc<Inner>) {
             }
             if let Some(d) = st.session.poll_dial(t) {
                 let c = &inner.config;
-                let fut = dial(c.server_addr.clone(), c.port, c.handshake_timeout);
-                dialing = Some((d.transport, Box::pin(fut)));
+                let fut = inner.connector.clone().dial(
+                    c.server_addr.clone(),
+                    c.port,
+                    c.handshake_timeout,
+                );
+                dialing = Some((d.transport, fut));
                 st.tls_failure = None;
             }
             let current = st.session.transport();
@@ -321,17 +298,20 @@ pub(super) async fn drive(inner: Arc<Inner>) {
         let writing = (!out.is_empty()).then_some(&mut out);
         timer.set(deadline);
         tokio::select! {
+            // In order, not at random: the same run twice does the same
+            // (deterministic under a simulated runtime such as turmoil).
+            biased;
             r = dialed(&mut dialing) => {
                 let t = dialing.take().map_or(0, |(t, _)| t);
                 let mut st = lock(&inner.state);
                 match r {
-                    Ok((s, addr)) => {
+                    Ok((s, addr, local)) => {
                         st.session.handle_dialed(now(), t);
                         if st.session.transport() == Some(t) {
                             st.peer_addr = Some(addr);
-                            st.local_addr = s.local_addr().ok();
+                            st.local_addr = local;
                             match &inner.tls {
-                                None => sock = Some((t, Box::new(s))),
+                                None => sock = Some((t, s)),
                                 Some((connector, name)) => {
                                     let fut = connector.connect(name.clone(), s);
                                     securing = Some((t, Box::pin(fut)));

@@ -330,6 +330,9 @@ async fn first_bytes<S: Io>(
             timer.set(st.hub.peer_timeout(id));
         }
         tokio::select! {
+            // In order, not at random: the same run twice does the same
+            // (deterministic under a simulated runtime such as turmoil).
+            biased;
             r = stream.read(&mut first) => {
                 let mut st = lock(&inner.state);
                 return match r {
@@ -388,6 +391,9 @@ async fn tls_handshake<S: Io>(
             timer.set(st.hub.peer_timeout(id));
         }
         tokio::select! {
+            // In order, not at random: the same run twice does the same
+            // (deterministic under a simulated runtime such as turmoil).
+            biased;
             r = &mut accept => {
                 let mut st = lock(&inner.state);
                 return match r {
@@ -475,6 +481,14 @@ async fn serve<S: Io>(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl, mut stream:
         let writing = (!out.is_empty()).then_some(&mut out);
         timer.set(deadline);
         tokio::select! {
+            // In order, not at random: the same run twice does the same
+            // (deterministic under a simulated runtime such as turmoil).
+            biased;
+            // Deadlines first: a peer that keeps the stream busy must not
+            // postpone them.
+            () = timer.fired(), if timer.is_armed() => {
+                lock(&inner.state).hub.handle_peer_timeout(id, now());
+            }
             r = io::ready(&mut stream, &mut buf, read, writing, &mut flush) => match r {
                 Ready::Read(r) => {
                     {
@@ -514,9 +528,6 @@ async fn serve<S: Io>(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl, mut stream:
                     out = Bytes::new();
                 }
             },
-            () = timer.fired(), if timer.is_armed() => {
-                lock(&inner.state).hub.handle_peer_timeout(id, now());
-            }
             () = ctl.wake.notified() => {}
         }
     }

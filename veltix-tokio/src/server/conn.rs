@@ -302,6 +302,40 @@ fn finish(inner: &Arc<Inner>, id: PeerId, ctl: &ConnCtl) {
     }
 }
 
+/// Runs `work` while the hub keeps connection `id` open, firing its
+/// deadlines (the handshake deadline covers what runs before the Veltix
+/// handshake: the TLS probe and handshake). `None` when the hub closed the
+/// connection first (deadline passed, server shutting down).
+async fn before_deadline<F: std::future::Future>(
+    inner: &Arc<Inner>,
+    id: PeerId,
+    ctl: &ConnCtl,
+    work: F,
+) -> Option<F::Output> {
+    let mut work = std::pin::pin!(work);
+    let mut timer = Timer::new();
+    loop {
+        {
+            let mut st = lock(&inner.state);
+            st.pump(inner, Some(id), false);
+            if !st.hub.is_open(id) {
+                return None;
+            }
+            timer.set(st.hub.peer_timeout(id));
+        }
+        tokio::select! {
+            // In order, not at random: the same run twice does the same
+            // (deterministic under a simulated runtime such as turmoil).
+            biased;
+            r = &mut work => return Some(r),
+            () = timer.fired(), if timer.is_armed() => {
+                lock(&inner.state).hub.handle_peer_timeout(id, now());
+            }
+            () = ctl.wake.notified() => {}
+        }
+    }
+}
+
 /// Waits for the first bytes of a connection to a TLS server, within the
 /// hub's handshake deadline. A peer silent for the probe delay is a
 /// plaintext Veltix client waiting for our hello: it gets a plaintext
@@ -317,55 +351,35 @@ async fn first_bytes<S: Io>(
     let probe = tokio::time::sleep(veltix_tls::plaintext_probe_delay(
         inner.config.handshake_timeout,
     ));
-    tokio::pin!(probe);
-    let mut timer = Timer::new();
     let mut first = vec![0u8; 4096];
-    loop {
-        {
-            let mut st = lock(&inner.state);
-            st.pump(inner, Some(id), false);
-            if !st.hub.is_open(id) {
-                return None;
-            }
-            timer.set(st.hub.peer_timeout(id));
-        }
+    let read = async {
         tokio::select! {
-            // In order, not at random: the same run twice does the same
-            // (deterministic under a simulated runtime such as turmoil).
             biased;
-            r = stream.read(&mut first) => {
-                let mut st = lock(&inner.state);
-                return match r {
-                    Ok(0) => {
-                        st.hub.handle_eof(id, now());
-                        None
-                    }
-                    Ok(n) => {
-                        first.truncate(n);
-                        Some(Prefixed::new(first, stream))
-                    }
-                    Err(e) => {
-                        st.hub.handle_transport_error(id, now(), &e);
-                        None
-                    }
-                };
-            }
-            () = &mut probe => {
-                let rejection = veltix_tls::tls_required_rejection();
-                let _ = tokio::time::timeout(
-                    Duration::from_millis(200),
-                    stream.write_all(&rejection),
-                )
+            r = stream.read(&mut first) => Some(r),
+            () = probe => None,
+        }
+    };
+    match before_deadline(inner, id, ctl, read).await? {
+        Some(Ok(0)) => {
+            lock(&inner.state).hub.handle_eof(id, now());
+            None
+        }
+        Some(Ok(n)) => {
+            first.truncate(n);
+            Some(Prefixed::new(first, stream))
+        }
+        Some(Err(e)) => {
+            lock(&inner.state).hub.handle_transport_error(id, now(), &e);
+            None
+        }
+        None => {
+            let rejection = veltix_tls::tls_required_rejection();
+            let _ = tokio::time::timeout(Duration::from_millis(200), stream.write_all(&rejection))
                 .await;
-                tracing::debug!(peer = %id, "silent peer on a TLS server: answered tls_required");
-                let e = veltix_tls::TlsError::PlaintextPeer.into_io();
-                lock(&inner.state).hub.handle_transport_error(id, now(), &e);
-                return None;
-            }
-            () = timer.fired(), if timer.is_armed() => {
-                lock(&inner.state).hub.handle_peer_timeout(id, now());
-            }
-            () = ctl.wake.notified() => {}
+            tracing::debug!(peer = %id, "silent peer on a TLS server: answered tls_required");
+            let e = veltix_tls::TlsError::PlaintextPeer.into_io();
+            lock(&inner.state).hub.handle_transport_error(id, now(), &e);
+            None
         }
     }
 }
@@ -379,48 +393,26 @@ async fn tls_handshake<S: Io>(
     ctl: &ConnCtl,
     accept: tokio_rustls::Accept<S>,
 ) -> Option<tokio_rustls::server::TlsStream<S>> {
-    let mut accept = std::pin::pin!(accept);
-    let mut timer = Timer::new();
-    loop {
-        {
-            let mut st = lock(&inner.state);
-            st.pump(inner, Some(id), false);
-            if !st.hub.is_open(id) {
-                return None;
+    let r = before_deadline(inner, id, ctl, accept).await?;
+    let mut st = lock(&inner.state);
+    match r {
+        Ok(tls) => {
+            let info = TlsInfo::of(tls.get_ref().1).map(Arc::new);
+            // A verified client certificate is the peer's identity before
+            // its Veltix handshake ends.
+            if let Some(ident) = info.as_ref().and_then(|i| i.identity()) {
+                st.hub.set_transport_identity(id, ident);
             }
-            timer.set(st.hub.peer_timeout(id));
+            if let Some(p) = st.peers.get_mut(&id) {
+                p.tls = info;
+            }
+            Some(tls)
         }
-        tokio::select! {
-            // In order, not at random: the same run twice does the same
-            // (deterministic under a simulated runtime such as turmoil).
-            biased;
-            r = &mut accept => {
-                let mut st = lock(&inner.state);
-                return match r {
-                    Ok(tls) => {
-                        let info = TlsInfo::of(tls.get_ref().1).map(Arc::new);
-                        // A verified client certificate is the peer's identity
-                        // before its Veltix handshake ends.
-                        if let Some(ident) = info.as_ref().and_then(|i| i.identity()) {
-                            st.hub.set_transport_identity(id, ident);
-                        }
-                        if let Some(p) = st.peers.get_mut(&id) {
-                            p.tls = info;
-                        }
-                        Some(tls)
-                    }
-                    Err(e) => {
-                        let e = crate::tls_io::classify(e, true);
-                        tracing::debug!(peer = %id, error = %e, "TLS handshake failed");
-                        st.hub.handle_transport_error(id, now(), &e);
-                        None
-                    }
-                };
-            }
-            () = timer.fired(), if timer.is_armed() => {
-                lock(&inner.state).hub.handle_peer_timeout(id, now());
-            }
-            () = ctl.wake.notified() => {}
+        Err(e) => {
+            let e = crate::tls_io::classify(e, true);
+            tracing::debug!(peer = %id, error = %e, "TLS handshake failed");
+            st.hub.handle_transport_error(id, now(), &e);
+            None
         }
     }
 }

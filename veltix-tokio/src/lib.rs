@@ -72,7 +72,10 @@
 //! Connections run over any [`Io`] stream (`AsyncRead + AsyncWrite`): TLS
 //! is one more stream type. [`Server::start_on`] serves the connections of
 //! any [`Listener`] (a Unix socket, a simulated network) instead of binding
-//! TCP.
+//! TCP, and [`Client::with_connector`] dials through any [`Connector`]
+//! ([`TcpConnector`] by default), TLS or not. The same code then runs
+//! under turmoil's simulated network: see "Testing your application with
+//! veltix" in TESTING.md of the source repository.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

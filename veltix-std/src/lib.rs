@@ -114,8 +114,13 @@ mod transport;
 
 pub use bytes::Bytes;
 pub use client::Client;
+/// The `mio` crate the driver is built on: its streams
+/// ([`mio::net::TcpStream`], [`mio::net::UnixStream`], ...) implement
+/// [`Io`].
+pub use mio;
 pub use serde_json::Value;
 pub use server::{ClientInfo, Peer, Server};
+pub use transport::Io;
 pub use veltix_proto::auth::{self, ClientAuth, Identity, MemoryStore, ServerAuth};
 pub use veltix_proto::payload;
 pub use veltix_proto::retry::Backoff;

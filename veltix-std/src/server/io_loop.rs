@@ -17,7 +17,7 @@ use veltix_proto::{Error, Frame, HubEvent, PeerId, ServerConfig};
 
 use crate::io::{self, Flushed, Output, Read1};
 use crate::pool::{lock, Item, Mailbox, Pool, MAILBOX_BYTES};
-use crate::transport::{Stream, TlsStream, Transport};
+use crate::transport::{Io, Stream, TlsStream, Transport};
 
 use super::peer::Peer;
 use super::{
@@ -54,7 +54,7 @@ pub(super) fn bind(config: &ServerConfig) -> Result<TcpListener, Error> {
 // ------------------------------------------------------------------ I/O loop
 
 struct Sock {
-    /// Plaintext TCP, or TLS over it on a TLS server.
+    /// The accepted stream, or TLS over it on a TLS server.
     stream: Stream,
     peer: PeerId,
     /// Taken from the core, not yet written.
@@ -307,7 +307,7 @@ impl IoLoop {
                 if let Some(mut s) = self.socks.remove(&t) {
                     s.stream.close();
                     if s.interest.is_some() {
-                        let _ = self.poll.registry().deregister(s.stream.socket());
+                        let _ = self.poll.registry().deregister(s.stream.io());
                     }
                 }
                 self.to_read.remove(&t);
@@ -342,7 +342,7 @@ impl IoLoop {
             let want = io::interest(read, io::wants_writable(&s.stream, !s.pending.is_empty()));
             io::set_interest(
                 self.poll.registry(),
-                s.stream.socket(),
+                s.stream.io(),
                 t,
                 &mut s.interest,
                 want,
@@ -389,6 +389,7 @@ impl IoLoop {
                 Ok((mut stream, addr)) => match g.hub.accept(now) {
                     Ok(peer) => {
                         let _ = stream.set_nodelay(true);
+                        let stream: Box<dyn Io> = Box::new(stream);
                         let t = Token(self.next_token);
                         // The hub's handshake deadline runs from here: it
                         // covers the TLS handshake too.
@@ -492,11 +493,8 @@ impl IoLoop {
             let Some(s) = self.socks.get_mut(&t) else {
                 continue;
             };
-            if g.hub.is_open(s.peer) && s.stream.silent() {
-                let _ = s
-                    .stream
-                    .socket()
-                    .write(&veltix_tls::tls_required_rejection());
+            if g.hub.is_open(s.peer) && s.stream.silent(s.readable) {
+                let _ = s.stream.io().write(&veltix_tls::tls_required_rejection());
                 tracing::debug!(peer = %s.peer, "silent peer on a TLS server: answered tls_required");
                 g.hub.handle_transport_error(
                     s.peer,
@@ -757,7 +755,7 @@ impl IoLoop {
         while g.hub.poll_finished().is_some() {}
         for (_, mut s) in self.socks.drain() {
             if s.interest.is_some() {
-                let _ = self.poll.registry().deregister(s.stream.socket());
+                let _ = self.poll.registry().deregister(s.stream.io());
             }
         }
         self.by_peer.clear();

@@ -113,7 +113,7 @@ mod server;
 mod transport;
 
 pub use bytes::Bytes;
-pub use client::Client;
+pub use client::{Client, Connector, TcpConnector};
 /// The `mio` crate the driver is built on: its streams
 /// ([`mio::net::TcpStream`], [`mio::net::UnixStream`], ...) implement
 /// [`Io`].

@@ -3,18 +3,17 @@
 //! routes its events to waiters and to the worker pool.
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll};
 use veltix_proto::{Error, SessionEvent};
 
 use crate::io::{self, Flushed, Output, Read1};
 use crate::pool::{lock, Item, Mailbox, Pool};
-use crate::transport::{Io, Stream, TlsStream, Transport};
+use crate::transport::{Stream, TlsStream, Transport};
 
 use super::{Client, Core, CONN};
 
@@ -22,9 +21,9 @@ use super::{Client, Core, CONN};
 
 pub(super) struct Conn {
     transport: u64,
-    /// Plaintext TCP, or TLS over it for a TLS client.
+    /// The connector's stream, or TLS over it for a TLS client.
     stream: Stream,
-    /// The peer's address, as dialled.
+    /// The peer's address, as the connector reported it.
     addr: SocketAddr,
     /// Connect in progress.
     dialing: bool,
@@ -310,21 +309,22 @@ impl ClientIo {
         format!("{}:{}", c.server_addr, c.port)
     }
 
-    /// Resolves and starts a non-blocking TCP connect (outside the lock),
-    /// with TLS over it for a TLS client (its handshake starts once TCP is
-    /// up, inside the session's handshake deadline).
+    /// Opens a connection with the client's connector (outside the lock;
+    /// TCP: resolves and starts a non-blocking connect), with TLS over it
+    /// for a TLS client (its handshake starts once the stream is up, inside
+    /// the session's handshake deadline). The connector's I/O errors are
+    /// mapped as TCP connect errors.
     fn dial(&self) -> Result<(Stream, SocketAddr), Error> {
-        let c = &self.client.0.config;
-        let name = self.name();
-        let addr = (c.server_addr.as_str(), c.port)
-            .to_socket_addrs()
-            .map_err(|_| Error::Resolve(name.clone()))?
-            .next()
-            .ok_or_else(|| Error::Resolve(name.clone()))?;
-        let tcp = TcpStream::connect(addr)
-            .map_err(|e| Error::from_connect(e, &name, c.handshake_timeout))?;
-        let io: Box<dyn Io> = Box::new(tcp);
-        let stream = match &self.client.0.tls {
+        let shared = &self.client.0;
+        let c = &shared.config;
+        let (io, addr) = shared
+            .connector
+            .connect_io(&c.server_addr, c.port)
+            .map_err(|e| match e {
+                Error::Io(e) => Error::from_connect(e, self.name(), c.handshake_timeout),
+                e => e,
+            })?;
+        let stream = match &shared.tls {
             None => Stream::Plain(io),
             Some(tls) => {
                 let conn = tls.new_connection(&c.server_addr)?;

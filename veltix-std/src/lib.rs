@@ -114,12 +114,12 @@ mod transport;
 
 pub use bytes::Bytes;
 pub use client::{Client, Connector, TcpConnector};
-/// The `mio` crate the driver is built on: its streams
+/// The `mio` crate the driver is built on: its streams and listeners
 /// ([`mio::net::TcpStream`], [`mio::net::UnixStream`], ...) implement
-/// [`Io`].
+/// [`Io`] and [`Listener`].
 pub use mio;
 pub use serde_json::Value;
-pub use server::{ClientInfo, Peer, Server};
+pub use server::{ClientInfo, Listener, Peer, Server};
 pub use transport::Io;
 pub use veltix_proto::auth::{self, ClientAuth, Identity, MemoryStore, ServerAuth};
 pub use veltix_proto::payload;

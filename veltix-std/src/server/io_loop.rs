@@ -6,50 +6,23 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use veltix_proto::{Error, Frame, HubEvent, PeerId, ServerConfig};
+use veltix_proto::{Frame, HubEvent, PeerId};
 
 use crate::io::{self, Flushed, Output, Read1};
 use crate::pool::{lock, Item, Mailbox, Pool, MAILBOX_BYTES};
-use crate::transport::{Io, Stream, TlsStream, Transport};
+use crate::transport::{Stream, TlsStream, Transport};
 
+use super::listener::AnyListener;
 use super::peer::Peer;
 use super::{
     Callbacks, Core, Phase, Server, Shared, ACCEPTS_PER_PASS, ACCEPT_PAUSE, FIRST_CONN, LISTENER,
     WAKER,
 };
-
-pub(super) fn bind(config: &ServerConfig) -> Result<TcpListener, Error> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let name = format!("{}:{}", config.host, config.port);
-    let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port)
-        .to_socket_addrs()
-        .map_err(|_| Error::Resolve(name.clone()))?
-        .collect();
-    let mut last = None;
-    for addr in addrs {
-        let r = (|| -> std::io::Result<TcpListener> {
-            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            #[cfg(unix)]
-            s.set_reuse_address(true)?;
-            s.bind(&addr.into())?;
-            s.listen(4096)?;
-            s.set_nonblocking(true)?;
-            Ok(TcpListener::from_std(s.into()))
-        })();
-        match r {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or(Error::Resolve(name), Error::Io))
-}
 
 // ------------------------------------------------------------------ I/O loop
 
@@ -109,7 +82,7 @@ pub(super) struct IoLoop {
     shared: Arc<Shared>,
     poll: Poll,
     waker: Arc<Waker>,
-    listener: Option<TcpListener>,
+    listener: Option<Box<dyn AnyListener>>,
     listener_registered: bool,
     accept_ready: bool,
     paused_until: Option<Instant>,
@@ -145,7 +118,7 @@ impl IoLoop {
         shared: Arc<Shared>,
         poll: Poll,
         waker: Arc<Waker>,
-        listener: TcpListener,
+        listener: Box<dyn AnyListener>,
         pool: Arc<Pool>,
     ) -> IoLoop {
         let buf = vec![0; shared.config.buffer_size.max(io::READ_CHUNK)];
@@ -385,11 +358,10 @@ impl IoLoop {
             return;
         };
         for _ in 0..ACCEPTS_PER_PASS {
-            match listener.accept() {
+            match listener.accept_io() {
                 Ok((mut stream, addr)) => match g.hub.accept(now) {
                     Ok(peer) => {
                         let _ = stream.set_nodelay(true);
-                        let stream: Box<dyn Io> = Box::new(stream);
                         let t = Token(self.next_token);
                         // The hub's handshake deadline runs from here: it
                         // covers the TLS handshake too.

@@ -18,7 +18,10 @@ use veltix_tls::{ClientTls, TlsInfo};
 use crate::pool::{lock, wait_until, Mailbox, Pool, MAILBOX_BYTES};
 use crate::server::{SPIN_BEFORE_PARK, WAIT_MARGIN};
 
+mod connector;
 mod io_loop;
+use self::connector::AnyConnector;
+pub use self::connector::{Connector, TcpConnector};
 use self::io_loop::ClientIo;
 
 const WAKER: Token = Token(0);
@@ -82,6 +85,8 @@ struct Control {
 
 struct Shared {
     config: ClientConfig,
+    /// Opens each connection (TCP unless the client was built with another).
+    connector: Box<dyn AnyConnector>,
     /// TLS required when set.
     tls: Option<ClientTls>,
     core: Mutex<Core>,
@@ -141,12 +146,13 @@ fn reserved(t: MessageType) -> Result<(), Error> {
 }
 
 impl Client {
-    /// A client (validated, not connected; no I/O).
+    /// A client (validated, not connected; no I/O) that dials TCP:
+    /// [`with_connector`](Self::with_connector)`(config, TcpConnector, None)`.
     ///
     /// # Errors
     /// [`Error::Config`] for an invalid setting.
     pub fn new(config: ClientConfig) -> Result<Client, Error> {
-        Self::build(config, None)
+        Self::with_connector(config, TcpConnector, None)
     }
 
     /// A client that requires TLS: every connection starts with a TLS
@@ -154,6 +160,7 @@ impl Client {
     /// certificate for the name set in `tls`, else the config's
     /// `server_addr`. A server that does not speak TLS, or whose
     /// certificate does not verify, fails the attempt with [`Error::Tls`].
+    /// [`with_connector`](Self::with_connector)`(config, TcpConnector, Some(tls))`.
     ///
     /// ```no_run
     /// use veltix_std::{Client, ClientConfig, ClientTls};
@@ -169,11 +176,30 @@ impl Client {
     /// [`Error::Config`] for an invalid setting, [`Error::Tls`] when the
     /// server name is neither a DNS name nor an IP address.
     pub fn with_tls(config: ClientConfig, tls: ClientTls) -> Result<Client, Error> {
-        tls.name_for(&config.server_addr)?;
-        Self::build(config, Some(tls))
+        Self::with_connector(config, TcpConnector, Some(tls))
     }
 
-    fn build(config: ClientConfig, tls: Option<ClientTls>) -> Result<Client, Error> {
+    /// A client whose connections come from `connector` (a Unix socket, a
+    /// stream handed over: any [`Connector`]) instead of a TCP dial of the
+    /// config's `server_addr:port`, which it is given. With `tls`, every
+    /// connection runs TLS over the connector's stream, as
+    /// [`with_tls`](Self::with_tls) does over TCP (the server name checked
+    /// is the one set in `tls`, else `server_addr`).
+    ///
+    /// See [`Connector`] for a Unix-socket connector, and
+    /// [`Server::start_on`](crate::Server::start_on) for both sides.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an invalid setting, [`Error::Tls`] (with `tls`)
+    /// when the server name is neither a DNS name nor an IP address.
+    pub fn with_connector(
+        config: ClientConfig,
+        connector: impl Connector,
+        tls: Option<ClientTls>,
+    ) -> Result<Client, Error> {
+        if let Some(tls) = &tls {
+            tls.name_for(&config.server_addr)?;
+        }
         config.validate()?;
         if config.auth.is_some() {
             config.seed_auth(crate::os_seed()?);
@@ -187,6 +213,7 @@ impl Client {
         let session = ClientSession::new(&config, seed, Instant::now());
         Ok(Client(Arc::new(Shared {
             config,
+            connector: Box::new(connector),
             tls,
             core: Mutex::new(Core {
                 session,

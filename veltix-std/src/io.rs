@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
 
 use bytes::{Buf, Bytes};
-use mio::net::TcpStream;
+use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
 use crate::transport::Transport;
@@ -122,9 +122,9 @@ pub(crate) fn read1(sock: &mut impl Transport, buf: &mut [u8]) -> Read1 {
 
 /// Registers, re-registers or deregisters `sock` so that its interest is
 /// `want` (`None`: no interest at all). `current` tracks what is registered.
-pub(crate) fn set_interest(
+pub(crate) fn set_interest<S: Source + ?Sized>(
     registry: &Registry,
-    sock: &mut TcpStream,
+    sock: &mut S,
     token: Token,
     current: &mut Option<Interest>,
     want: Option<Interest>,

@@ -35,10 +35,10 @@
 //!
 //! ## API
 //!
-//! * [`Client`]: `connect`, `send`/`try_send`/`reply`, `request`
+//! * [`Client`]: `new`/`with_tls`/`with_connector`, `connect`, `send`/`try_send`/`reply`, `request`
 //!   (`send_and_wait`), `ping` (`ping_server`), routes and callbacks,
 //!   `retry`/`stop_retry`, `disconnect`, `wait_closed`.
-//! * [`Server`]: `start`, routes and callbacks, `send`/`try_send`/`reply`,
+//! * [`Server`]: `start`/`start_on`, routes and callbacks, `send`/`try_send`/`reply`,
 //!   `request`, `ping`, `broadcast`, `broadcast_except`, `broadcast_to`,
 //!   `broadcast_tag`, `clients`, `clients_by_tag`, `close_client`,
 //!   `shutdown` (`close_all`); tags on [`Peer`] (`ClientInfo`).
@@ -102,6 +102,19 @@
 //! server.shutdown(Duration::from_secs(1));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## Streams
+//!
+//! Connections run over any [`Io`] stream: a non-blocking byte stream that
+//! a `mio` poll can watch ([`mio::net::TcpStream`], [`mio::net::UnixStream`],
+//! your own); TLS is one layer over it, not another driver.
+//! [`Server::start_on`] serves the connections of any [`Listener`] (a
+//! [`mio::net::UnixListener`], streams connected elsewhere and handed over)
+//! instead of binding TCP, and [`Client::with_connector`] opens the
+//! client's connections with any [`Connector`] instead of dialing TCP
+//! ([`TcpConnector`]). [`mio`] is re-exported, so these types are named at
+//! the version the driver uses. [`Server::start_on`] shows a server and a
+//! client over a Unix socket.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -113,9 +126,14 @@ mod server;
 mod transport;
 
 pub use bytes::Bytes;
-pub use client::Client;
+pub use client::{Client, Connector, TcpConnector};
+/// The `mio` crate the driver is built on: its streams and listeners
+/// ([`mio::net::TcpStream`], [`mio::net::UnixStream`], ...) implement
+/// [`Io`] and [`Listener`].
+pub use mio;
 pub use serde_json::Value;
-pub use server::{ClientInfo, Peer, Server};
+pub use server::{ClientInfo, Listener, Peer, Server};
+pub use transport::Io;
 pub use veltix_proto::auth::{self, ClientAuth, Identity, MemoryStore, ServerAuth};
 pub use veltix_proto::payload;
 pub use veltix_proto::retry::Backoff;

@@ -19,8 +19,11 @@ use veltix_tls::{ServerTls, TlsInfo};
 use crate::pool::{lock, wait_until, Pool};
 
 mod io_loop;
+mod listener;
 mod peer;
-use self::io_loop::{bind, IoLoop};
+use self::io_loop::IoLoop;
+pub use self::listener::Listener;
+use self::listener::{bind, AnyListener};
 pub use self::peer::{ClientInfo, Peer};
 
 const WAKER: Token = Token(0);
@@ -253,6 +256,63 @@ impl Server {
     /// [`Error::AlreadyRunning`], [`Error::Resolve`], [`Error::Io`] (bind,
     /// or a thread that cannot be spawned).
     pub fn start(&self) -> Result<(), Error> {
+        let mut ctl = self.stopped()?;
+        let listener = bind(&self.0.config)?;
+        self.launch(&mut ctl, Box::new(listener))
+    }
+
+    /// Serves the clients `listener` accepts instead of binding the
+    /// config's `host:port` (a Unix socket, an already connected stream
+    /// handed over, any [`Listener`]). TLS, when configured, runs over its
+    /// streams. [`local_addr`](Self::local_addr) is the listener's.
+    ///
+    /// ```
+    /// # #[cfg(unix)] {
+    /// use std::time::Duration;
+    /// use veltix_std::{mio, Client, ClientConfig, Connector, Error, MessageType, Server, ServerConfig};
+    ///
+    /// const ECHO: MessageType = MessageType::new(200);
+    /// let path = std::env::temp_dir().join(format!("veltix-doc-{}.sock", std::process::id()));
+    /// let _ = std::fs::remove_file(&path);
+    ///
+    /// // `start_on` does not bind: the config's host and port are not used.
+    /// let server = Server::new(ServerConfig::new("localhost", 0))?;
+    /// server.route(ECHO, |server, peer, msg| {
+    ///     let _ = server.reply(peer, &msg, ECHO, msg.payload.clone());
+    /// })?;
+    /// server.start_on(mio::net::UnixListener::bind(&path)?)?;
+    ///
+    /// // A client dials the socket's path instead of host:port.
+    /// struct Unix(std::path::PathBuf);
+    /// impl Connector for Unix {
+    ///     type Stream = mio::net::UnixStream;
+    ///     fn connect(&self, _host: &str, _port: u16) -> Result<(Self::Stream, std::net::SocketAddr), Error> {
+    ///         let s = mio::net::UnixStream::connect(&self.0)?;
+    ///         Ok((s, ([0, 0, 0, 0], 0).into()))
+    ///     }
+    /// }
+    /// let client = Client::with_connector(ClientConfig::new("localhost", 0), Unix(path.clone()), None)?;
+    /// client.connect()?;
+    /// let reply = client.request(ECHO, "hello", Some(Duration::from_secs(5)))?;
+    /// assert_eq!(reply.text()?, "hello");
+    /// client.disconnect();
+    /// server.shutdown(Duration::from_secs(1));
+    /// std::fs::remove_file(&path)?;
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRunning`], [`Error::Io`] when the listener has no
+    /// address or a thread cannot be spawned.
+    pub fn start_on<L: Listener>(&self, listener: L) -> Result<(), Error> {
+        let mut ctl = self.stopped()?;
+        self.launch(&mut ctl, Box::new(listener))
+    }
+
+    /// The control lock, once the server is not running (its last I/O
+    /// thread joined).
+    fn stopped(&self) -> Result<MutexGuard<'_, Control>, Error> {
         let mut ctl = lock(&self.0.control);
         if matches!(self.core().phase, Phase::Running | Phase::Stopping { .. }) {
             return Err(Error::AlreadyRunning);
@@ -260,8 +320,12 @@ impl Server {
         if let Some(h) = ctl.io.take() {
             let _ = h.join();
         }
-        let listener = bind(&self.0.config)?;
-        let local_addr = listener.local_addr()?;
+        Ok(ctl)
+    }
+
+    /// Starts the pool and the I/O thread over `listener`.
+    fn launch(&self, ctl: &mut Control, listener: Box<dyn AnyListener>) -> Result<(), Error> {
+        let local_addr = listener.listen_addr()?;
         let pool = Arc::new(Pool::new(self.0.config.max_workers, "veltix-server")?);
         let started = (|| -> std::io::Result<_> {
             let poll = Poll::new()?;
@@ -307,7 +371,7 @@ impl Server {
         }
     }
 
-    /// The bound address, while running.
+    /// The address listened on (the [`Listener`]'s), while running.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.core().local_addr
     }

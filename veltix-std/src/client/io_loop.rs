@@ -3,12 +3,11 @@
 //! routes its events to waiters and to the worker pool.
 
 use std::collections::VecDeque;
-use std::net::ToSocketAddrs;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll};
 use veltix_proto::{Error, SessionEvent};
 
@@ -22,9 +21,11 @@ use super::{Client, Core, CONN};
 
 pub(super) struct Conn {
     transport: u64,
-    /// Plaintext TCP, or TLS over it for a TLS client.
+    /// The connector's stream, or TLS over it for a TLS client.
     stream: Stream,
-    /// TCP connect in progress.
+    /// The peer's address, as the connector reported it.
+    addr: SocketAddr,
+    /// Connect in progress.
     dialing: bool,
     pending: VecDeque<Bytes>,
     readable: bool,
@@ -130,22 +131,23 @@ impl ClientIo {
         let name = self.name();
         if let Some(c) = self.conn.as_mut().filter(|c| c.dialing && c.event) {
             c.event = false;
-            let r = match c.stream.socket().take_error() {
+            let sock = c.stream.io();
+            let r = match sock.take_error() {
                 Ok(Some(e)) | Err(e) => Some(Err(e)),
-                Ok(None) => match c.stream.socket().peer_addr() {
-                    Ok(a) => Some(Ok(a)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotConnected => None,
+                Ok(None) => match sock.is_connected() {
+                    Ok(true) => Some(Ok(())),
+                    Ok(false) => None,
                     Err(e) => Some(Err(e)),
                 },
             };
             match r {
-                Some(Ok(addr)) => {
+                Some(Ok(())) => {
                     c.dialing = false;
-                    let _ = c.stream.socket().set_nodelay(true);
-                    g.peer_addr = Some(addr);
-                    g.local_addr = c.stream.socket().local_addr().ok();
+                    let _ = sock.set_nodelay(true);
+                    g.peer_addr = Some(c.addr);
+                    g.local_addr = sock.local_addr();
                     g.session.handle_dialed(now, c.transport);
-                    tracing::debug!(server = %addr, "tcp connected");
+                    tracing::debug!(server = %c.addr, "transport connected");
                 }
                 Some(Err(e)) => {
                     let err = Error::from_connect(e, &name, shared.config.handshake_timeout);
@@ -210,9 +212,9 @@ impl ClientIo {
             g = lock(&shared.core);
             now = Instant::now();
             match r {
-                Ok(mut stream) => {
+                Ok((mut stream, addr)) => {
                     match self.poll.registry().register(
-                        stream.socket(),
+                        stream.io(),
                         CONN,
                         Interest::READABLE | Interest::WRITABLE,
                     ) {
@@ -220,6 +222,7 @@ impl ClientIo {
                             self.conn = Some(Conn {
                                 transport: dial.transport,
                                 stream,
+                                addr,
                                 dialing: true,
                                 pending: VecDeque::new(),
                                 readable: false,
@@ -286,7 +289,7 @@ impl ClientIo {
             };
             io::set_interest(
                 self.poll.registry(),
-                c.stream.socket(),
+                c.stream.io(),
                 CONN,
                 &mut c.interest,
                 want,
@@ -306,26 +309,29 @@ impl ClientIo {
         format!("{}:{}", c.server_addr, c.port)
     }
 
-    /// Resolves and starts a non-blocking TCP connect (outside the lock),
-    /// with TLS over it for a TLS client (its handshake starts once TCP is
-    /// up, inside the session's handshake deadline).
-    fn dial(&self) -> Result<Stream, Error> {
-        let c = &self.client.0.config;
-        let name = self.name();
-        let addr = (c.server_addr.as_str(), c.port)
-            .to_socket_addrs()
-            .map_err(|_| Error::Resolve(name.clone()))?
-            .next()
-            .ok_or_else(|| Error::Resolve(name.clone()))?;
-        let tcp = TcpStream::connect(addr)
-            .map_err(|e| Error::from_connect(e, &name, c.handshake_timeout))?;
-        Ok(match &self.client.0.tls {
-            None => Stream::Plain(tcp),
+    /// Opens a connection with the client's connector (outside the lock;
+    /// TCP: resolves and starts a non-blocking connect), with TLS over it
+    /// for a TLS client (its handshake starts once the stream is up, inside
+    /// the session's handshake deadline). The connector's I/O errors are
+    /// mapped as TCP connect errors.
+    fn dial(&self) -> Result<(Stream, SocketAddr), Error> {
+        let shared = &self.client.0;
+        let c = &shared.config;
+        let (io, addr) = shared
+            .connector
+            .connect_io(&c.server_addr, c.port)
+            .map_err(|e| match e {
+                Error::Io(e) => Error::from_connect(e, self.name(), c.handshake_timeout),
+                e => e,
+            })?;
+        let stream = match &shared.tls {
+            None => Stream::Plain(io),
             Some(tls) => {
                 let conn = tls.new_connection(&c.server_addr)?;
-                Stream::Tls(Box::new(TlsStream::new(tcp, conn)))
+                Stream::Tls(Box::new(TlsStream::new(io, conn)))
             }
-        })
+        };
+        Ok((stream, addr))
     }
 
     /// Drops the socket once the session no longer uses it.
@@ -343,7 +349,7 @@ impl ClientIo {
         if let Some(mut c) = self.conn.take() {
             c.stream.close();
             if c.interest.is_some() {
-                let _ = self.poll.registry().deregister(c.stream.socket());
+                let _ = self.poll.registry().deregister(c.stream.io());
             }
             g.peer_addr = None;
             g.local_addr = None;

@@ -6,55 +6,28 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use veltix_proto::{Error, Frame, HubEvent, PeerId, ServerConfig};
+use veltix_proto::{Frame, HubEvent, PeerId};
 
 use crate::io::{self, Flushed, Output, Read1};
 use crate::pool::{lock, Item, Mailbox, Pool, MAILBOX_BYTES};
 use crate::transport::{Stream, TlsStream, Transport};
 
+use super::listener::AnyListener;
 use super::peer::Peer;
 use super::{
     Callbacks, Core, Phase, Server, Shared, ACCEPTS_PER_PASS, ACCEPT_PAUSE, FIRST_CONN, LISTENER,
     WAKER,
 };
 
-pub(super) fn bind(config: &ServerConfig) -> Result<TcpListener, Error> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let name = format!("{}:{}", config.host, config.port);
-    let addrs: Vec<SocketAddr> = (config.host.as_str(), config.port)
-        .to_socket_addrs()
-        .map_err(|_| Error::Resolve(name.clone()))?
-        .collect();
-    let mut last = None;
-    for addr in addrs {
-        let r = (|| -> std::io::Result<TcpListener> {
-            let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            #[cfg(unix)]
-            s.set_reuse_address(true)?;
-            s.bind(&addr.into())?;
-            s.listen(4096)?;
-            s.set_nonblocking(true)?;
-            Ok(TcpListener::from_std(s.into()))
-        })();
-        match r {
-            Ok(l) => return Ok(l),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or(Error::Resolve(name), Error::Io))
-}
-
 // ------------------------------------------------------------------ I/O loop
 
 struct Sock {
-    /// Plaintext TCP, or TLS over it on a TLS server.
+    /// The accepted stream, or TLS over it on a TLS server.
     stream: Stream,
     peer: PeerId,
     /// Taken from the core, not yet written.
@@ -109,7 +82,7 @@ pub(super) struct IoLoop {
     shared: Arc<Shared>,
     poll: Poll,
     waker: Arc<Waker>,
-    listener: Option<TcpListener>,
+    listener: Option<Box<dyn AnyListener>>,
     listener_registered: bool,
     accept_ready: bool,
     paused_until: Option<Instant>,
@@ -145,7 +118,7 @@ impl IoLoop {
         shared: Arc<Shared>,
         poll: Poll,
         waker: Arc<Waker>,
-        listener: TcpListener,
+        listener: Box<dyn AnyListener>,
         pool: Arc<Pool>,
     ) -> IoLoop {
         let buf = vec![0; shared.config.buffer_size.max(io::READ_CHUNK)];
@@ -307,7 +280,7 @@ impl IoLoop {
                 if let Some(mut s) = self.socks.remove(&t) {
                     s.stream.close();
                     if s.interest.is_some() {
-                        let _ = self.poll.registry().deregister(s.stream.socket());
+                        let _ = self.poll.registry().deregister(s.stream.io());
                     }
                 }
                 self.to_read.remove(&t);
@@ -342,7 +315,7 @@ impl IoLoop {
             let want = io::interest(read, io::wants_writable(&s.stream, !s.pending.is_empty()));
             io::set_interest(
                 self.poll.registry(),
-                s.stream.socket(),
+                s.stream.io(),
                 t,
                 &mut s.interest,
                 want,
@@ -385,7 +358,7 @@ impl IoLoop {
             return;
         };
         for _ in 0..ACCEPTS_PER_PASS {
-            match listener.accept() {
+            match listener.accept_io() {
                 Ok((mut stream, addr)) => match g.hub.accept(now) {
                     Ok(peer) => {
                         let _ = stream.set_nodelay(true);
@@ -492,11 +465,8 @@ impl IoLoop {
             let Some(s) = self.socks.get_mut(&t) else {
                 continue;
             };
-            if g.hub.is_open(s.peer) && s.stream.silent() {
-                let _ = s
-                    .stream
-                    .socket()
-                    .write(&veltix_tls::tls_required_rejection());
+            if g.hub.is_open(s.peer) && s.stream.silent(s.readable) {
+                let _ = s.stream.io().write(&veltix_tls::tls_required_rejection());
                 tracing::debug!(peer = %s.peer, "silent peer on a TLS server: answered tls_required");
                 g.hub.handle_transport_error(
                     s.peer,
@@ -757,7 +727,7 @@ impl IoLoop {
         while g.hub.poll_finished().is_some() {}
         for (_, mut s) in self.socks.drain() {
             if s.interest.is_some() {
-                let _ = self.poll.registry().deregister(s.stream.socket());
+                let _ = self.poll.registry().deregister(s.stream.io());
             }
         }
         self.by_peer.clear();

@@ -887,18 +887,9 @@ def worker_scram_stall(port, conns, duration):
     cut = []
     end = time.monotonic() + duration
     while socks and time.monotonic() < end:
-        r, _, _ = select.select(list(socks.values()), [], [], 0.1)
-        for s in r:
-            try:
-                data = s.recv(4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                fd = s.fileno()
-                cut.append(time.monotonic() - t_conn[fd])
-                socks.pop(fd).close()
+        for fd in closed_by_server(socks):
+            cut.append(time.monotonic() - t_conn[fd])
+            socks.pop(fd).close()
     for s in socks.values():
         s.close()
     say("done", connected=n, cut=len(cut), cut_max=max(cut, default=None))
@@ -988,6 +979,27 @@ def raise_nofile():
     want = min(hard, 4096) if hard != resource.RLIM_INFINITY else 4096
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def closed_by_server(socks: dict[int, socket.socket], bufsize: int = 4096) -> list[int]:
+    """Waits up to 0.1 s for input on `socks` (fd -> non-blocking socket),
+    reads and drops what arrived, and returns the fds of those the server
+    closed (EOF or an error). They stay in `socks`: the caller records and
+    closes them."""
+    if not socks:
+        return []
+    r, _, _ = select.select(list(socks.values()), [], [], 0.1)
+    closed = []
+    for s in r:
+        try:
+            data = s.recv(bufsize)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            closed.append(s.fileno())
+    return closed
 
 
 def pump(socks: list[socket.socket], pattern: bytes, limit: int, deadline: float, cycle: bool = True):
@@ -1228,17 +1240,8 @@ def worker_slowloris(port, conns, duration):
                     drop(fd)
             idx += 1
             next_byte += 1.0
-        r, _, _ = select.select(list(socks.values()), [], [], 0.1) if socks else ([], [], [])
-        for s in r:
-            fd = s.fileno()
-            try:
-                data = s.recv(4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                drop(fd)
+        for fd in closed_by_server(socks):
+            drop(fd)
     for s in socks.values():
         s.close()
     say("done", connected=n, cut=len(cut_after), cut_max=max(cut_after, default=None),
@@ -1294,18 +1297,10 @@ def worker_tlsstall(port, conns, garbage, duration):
     cut = {"stall": [], "garbage": []}
     end = time.monotonic() + duration
     while socks and time.monotonic() < end:
-        r, _, _ = select.select(list(socks.values()), [], [], 0.1)
-        for s in r:
-            fd = s.fileno()
-            try:
-                data = s.recv(65536)  # the server's handshake flight, alerts: drained
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
-            if not data:
-                cut[kind[fd]].append(time.monotonic() - t_conn[fd])
-                socks.pop(fd).close()
+        # The server's handshake flight and alerts are read and dropped.
+        for fd in closed_by_server(socks, bufsize=65536):
+            cut[kind[fd]].append(time.monotonic() - t_conn[fd])
+            socks.pop(fd).close()
     for s in socks.values():
         s.close()
     say("done", connected=n, cut=len(cut["stall"]) + len(cut["garbage"]),

@@ -663,6 +663,7 @@ pub mod tokio_peers {
 }
 
 pub mod drivers;
+pub mod harness;
 pub mod pki;
 pub mod raw;
 

@@ -15,6 +15,7 @@ use veltix_proto::{
     ServerConfig,
 };
 use veltix_tests::drivers::{ClientApi, Driver, PeerApi, ServerApi};
+use veltix_tests::harness::wait_until;
 use veltix_tests::PyPeer;
 
 const ECHO: MessageType = MessageType::new(200);
@@ -53,14 +54,6 @@ fn client<D: Driver>(port: u16, auth: Option<ClientAuth>) -> D::Client {
             .retry_delay(Duration::from_millis(200)),
     )
     .unwrap()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn scram_and_tokens_identify_both_ends<S: Driver, C: Driver>() {
@@ -239,18 +232,7 @@ fn python_clients_and_auth<D: Driver>() {
     assert!(srv.clients().iter().all(|c| c.identity().is_none()));
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod std_driver {
-            $(#[test] fn $name() { super::$name::<veltix_tests::drivers::Std>(); })*
-        }
-        mod tokio_driver {
-            $(#[test] fn $name() { super::$name::<veltix_tests::drivers::Tokio>(); })*
-        }
-    };
-}
-
-both!(
+veltix_tests::both!(
     bad_credentials_fail_once_with_one_error,
     required_auth_refuses_clients_without_credentials,
     optional_auth_admits_anonymous_peers,
@@ -258,22 +240,4 @@ both!(
     python_clients_and_auth,
 );
 
-mod across {
-    use veltix_tests::drivers::{Std, Tokio};
-    #[test]
-    fn std_std() {
-        super::scram_and_tokens_identify_both_ends::<Std, Std>();
-    }
-    #[test]
-    fn tokio_tokio() {
-        super::scram_and_tokens_identify_both_ends::<Tokio, Tokio>();
-    }
-    #[test]
-    fn std_server_tokio_client() {
-        super::scram_and_tokens_identify_both_ends::<Std, Tokio>();
-    }
-    #[test]
-    fn tokio_server_std_client() {
-        super::scram_and_tokens_identify_both_ends::<Tokio, Std>();
-    }
-}
+veltix_tests::pairs!(scram_and_tokens_identify_both_ends);

@@ -49,6 +49,7 @@ use veltix_proto::{
     Tags, Wait,
 };
 use veltix_tests::drivers::{ClientApi, Driver, PeerApi, ServerApi};
+use veltix_tests::harness::{timed, wait_until_within};
 use veltix_tests::raw::{serve_handshake, RawPeer};
 
 /// Answered by the other side (server: same payload; client: reversed).
@@ -62,19 +63,7 @@ const BCAST: MessageType = MessageType::new(203);
 /// Upper bound for any request/ping in these tests.
 const T: Option<Duration> = Some(Duration::from_secs(3));
 
-/// Instantiates each generic test for both drivers.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod std_driver {
-            $(#[test] fn $name() { super::$name::<veltix_tests::drivers::Std>(); })*
-        }
-        mod tokio_driver {
-            $(#[test] fn $name() { super::$name::<veltix_tests::drivers::Tokio>(); })*
-        }
-    };
-}
-
-both!(
+veltix_tests::both!(
     echo_request_ping_both_ways,
     connect_disconnect_and_handshake_done,
     handlers_run_in_order_per_peer,
@@ -125,12 +114,8 @@ fn connected<D: Driver>(port: u16) -> D::Client {
 
 /// Polls `cond` every 2 ms; panics after 3 s.
 #[track_caller]
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(2));
-    }
+fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_within(what, Duration::from_secs(3), cond);
 }
 
 /// The server's peer for `client` (matched by address), once handshaken.
@@ -143,25 +128,6 @@ fn peer_of<D: Driver>(server: &D::Server, client: &D::Client) -> D::Peer {
         found.is_some()
     });
     found.expect("found")
-}
-
-/// Runs `f` on a thread and returns its result and how long it took;
-/// panics if it takes longer than `limit` (the thread is then left behind).
-#[track_caller]
-fn timed<R: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> (R, Duration) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let t0 = Instant::now();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(r) => (r, t0.elapsed()),
-        Err(_) => panic!("{what} did not return within {limit:?}"),
-    }
 }
 
 #[track_caller]

@@ -2,7 +2,7 @@
 //! `veltix_tests::drivers`): every test body is a generic function over
 //! `D: Driver` (or a server driver `S` and a client driver `C`),
 //! instantiated for veltix-std and veltix-tokio (and std <-> tokio both
-//! ways) by the macros below.
+//! ways) by `veltix_tests::both!` and `pairs!`.
 //!
 //! * std <-> tokio over TLS, both directions, with requests both ways,
 //!   pings, large payloads, the negotiated parameters on both ends;
@@ -16,55 +16,24 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use rustls::{AlertDescription, CertificateError, ProtocolVersion};
 use veltix_proto::{ClientConfig, Error, MessageType, ServerConfig};
 use veltix_tests::drivers::{ClientApi, Driver, PeerApi, ServerApi};
+use veltix_tests::harness::{timed, wait_until};
 use veltix_tests::pki::{self, Pki, SERVER_CN};
 use veltix_tls::{ClientTls, ServerTls, TlsError};
 
 const ECHO: MessageType = MessageType::new(200);
 const T: Option<Duration> = Some(Duration::from_secs(5));
 
-/// One generic test on each driver.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod std_driver {
-            $(#[test] fn $name() { super::$name::<veltix_tests::drivers::Std>(); })*
-        }
-        mod tokio_driver {
-            $(#[test] fn $name() { super::$name::<veltix_tests::drivers::Tokio>(); })*
-        }
-    };
-}
-
-/// One generic (server driver, client driver) test on every pair.
-macro_rules! pairs {
-    ($($name:ident),* $(,)?) => {
-        mod pairs {
-            use veltix_tests::drivers::{Std, Tokio};
-            $(
-                mod $name {
-                    use super::*;
-                    #[test] fn std_server_std_client() { super::super::$name::<Std, Std>(); }
-                    #[test] fn std_server_tokio_client() { super::super::$name::<Std, Tokio>(); }
-                    #[test] fn tokio_server_std_client() { super::super::$name::<Tokio, Std>(); }
-                    #[test] fn tokio_server_tokio_client() { super::super::$name::<Tokio, Tokio>(); }
-                }
-            )*
-        }
-    };
-}
-
-pairs!(
+veltix_tests::pairs!(
     tls_between_any_two_drivers,
     scram_over_tls_between_any_two_drivers
 );
 
-both!(
+veltix_tests::both!(
     mutual_tls_identity_on_the_peer,
     unknown_ca_is_a_typed_error,
     wrong_server_name_is_a_typed_error,
@@ -91,34 +60,6 @@ fn start_tls<D: Driver>(config: ServerConfig, tls: ServerTls) -> D::Server {
 
 fn port<S: ServerApi>(s: &S) -> u16 {
     s.local_addr().expect("server running").port()
-}
-
-/// Runs `f` on a thread; its result, and how long it took. Panics past `limit`.
-#[track_caller]
-fn timed<R: Send + 'static>(
-    what: &str,
-    limit: Duration,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> (R, Duration) {
-    let (tx, rx) = mpsc::channel();
-    let t0 = Instant::now();
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(r) => (r, t0.elapsed()),
-        Err(_) => panic!("{what} did not return within {limit:?}"),
-    }
-}
-
-/// Polls `cond` every 5 ms; panics after 5 s.
-#[track_caller]
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// Connects a TLS client of driver `D` with `tls` to `port`; the outcome

@@ -3,9 +3,12 @@
 //! events, and a reconnecting client that gives up at once on bad
 //! credentials instead of retrying.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::pump_hub;
 use veltix_proto::auth::{ClientAuth, MemoryStore, ScramCredential, ServerAuth};
 use veltix_proto::{
     ClientConfig, ClientSession, CloseReason, Connection, DuplicateIdentity, Error, Event,
@@ -35,29 +38,10 @@ fn client_config(auth: ClientAuth) -> ClientConfig {
     ClientConfig::default().auth(Some(auth))
 }
 
-fn pump(hub: &mut Hub, peer: PeerId, c: &mut Connection, now: Instant) {
-    loop {
-        let mut moved = false;
-        while let Some(b) = c.poll_transmit() {
-            c.handle_written(now, b.len());
-            hub.handle_input(peer, now, &b);
-            moved = true;
-        }
-        while let Some(b) = hub.poll_transmit(peer) {
-            hub.handle_written(peer, now, b.len());
-            c.handle_input(now, &b);
-            moved = true;
-        }
-        if !moved {
-            return;
-        }
-    }
-}
-
 fn dial(hub: &mut Hub, auth: ClientAuth, now: Instant) -> (PeerId, Connection) {
     let peer = hub.accept(now).unwrap();
     let mut c = Connection::client(client_config(auth).connection_config(), now);
-    pump(hub, peer, &mut c, now);
+    pump_hub(hub, peer, &mut c, now);
     (peer, c)
 }
 
@@ -142,7 +126,7 @@ fn replace_closes_the_older_connection() {
         .collect();
     assert_eq!(reasons, vec![(first, CloseReason::Replaced)]);
     // The old client sees its connection end (the server dropped it).
-    pump(&mut hub, first, &mut c1, t0);
+    pump_hub(&mut hub, first, &mut c1, t0);
     assert_eq!(hub.peer_by_identity("alice"), Some(second));
 }
 
@@ -163,22 +147,7 @@ fn a_reconnecting_client_gives_up_at_once_on_bad_credentials() {
             dials += 1;
             let peer = hub.accept(now).unwrap();
             s.handle_dialed(now, d.transport);
-            loop {
-                let mut moved = false;
-                while let Some(b) = s.poll_transmit() {
-                    s.handle_written(now, b.len());
-                    hub.handle_input(peer, now, &b);
-                    moved = true;
-                }
-                while let Some(b) = hub.poll_transmit(peer) {
-                    hub.handle_written(peer, now, b.len());
-                    s.handle_input(now, &b);
-                    moved = true;
-                }
-                if !moved {
-                    break;
-                }
-            }
+            pump_hub(&mut hub, peer, &mut s, now);
         }
         events.extend(std::iter::from_fn(|| s.poll_event()));
         if events.iter().any(|e| matches!(e, SessionEvent::GaveUp(_))) {
@@ -210,7 +179,7 @@ fn a_plain_client_config_connects_to_an_optional_auth_server() {
     let mut hub = Hub::new(&ServerConfig::default().auth(Some(auth)));
     let peer = hub.accept(t0).unwrap();
     let mut c = Connection::client(Arc::new(Default::default()), t0);
-    pump(&mut hub, peer, &mut c, t0);
+    pump_hub(&mut hub, peer, &mut c, t0);
     assert!(c.is_established());
     assert!(hub.identity(peer).is_none());
 }
@@ -293,7 +262,7 @@ fn transport_identities_count_like_authenticated_ones() {
             Identity::new("cert-bob", AuthMethod::ClientCertificate),
         );
         let mut c = Connection::client(Arc::new(Default::default()), t0);
-        pump(hub, peer, &mut c, t0);
+        pump_hub(hub, peer, &mut c, t0);
         assert!(c.is_established());
         peer
     };

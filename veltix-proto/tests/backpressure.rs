@@ -4,10 +4,13 @@
 //! `wants_input`, request deadlines with events untaken, and the write,
 //! body and flush deadlines.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::pump;
 use veltix_proto::{
     CloseReason, Connection, ConnectionConfig, Event, Frame, MessageType, RequestFailure,
     RequestKind, SendError, DEFAULT_BODY_TIMEOUT, DEFAULT_FLUSH_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
@@ -15,26 +18,6 @@ use veltix_proto::{
 };
 
 const MSG: MessageType = MessageType(200);
-
-/// Moves everything both ways, reporting it written.
-fn pump(a: &mut Connection, b: &mut Connection, now: Instant) {
-    loop {
-        let mut moved = false;
-        while let Some(x) = a.poll_transmit() {
-            a.handle_written(now, x.len());
-            b.handle_input(now, &x);
-            moved = true;
-        }
-        while let Some(x) = b.poll_transmit() {
-            b.handle_written(now, x.len());
-            a.handle_input(now, &x);
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
-}
 
 fn pair_with(config: ConnectionConfig) -> (Connection, Connection, Instant) {
     let t0 = Instant::now();

@@ -1,10 +1,13 @@
 //! Connection state-machine tests through the public API (they need an
 //! epoch `Instant`, which only code outside the core may read).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::pump;
 use veltix_proto::{
     CloseReason, Connection, ConnectionConfig, Event, Frame, MessageType, RequestFailure,
     SendError, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
@@ -20,25 +23,6 @@ fn pair() -> (Connection, Connection, Instant) {
     assert!(matches!(c.poll_event(), Some(Event::Connected(_))));
     assert!(matches!(s.poll_event(), Some(Event::Connected(_))));
     (c, s, t0)
-}
-
-fn pump(a: &mut Connection, b: &mut Connection, now: Instant) {
-    loop {
-        let mut moved = false;
-        while let Some(x) = a.poll_transmit() {
-            a.handle_written(now, x.len());
-            b.handle_input(now, &x);
-            moved = true;
-        }
-        while let Some(x) = b.poll_transmit() {
-            b.handle_written(now, x.len());
-            a.handle_input(now, &x);
-            moved = true;
-        }
-        if !moved {
-            break;
-        }
-    }
 }
 
 #[test]

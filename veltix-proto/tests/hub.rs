@@ -3,11 +3,14 @@
 //! service, broadcast targeting, connected/disconnected only for handshaken
 //! peers, and the receive budget.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::pump_hub;
 use serde_json::json;
 use veltix_proto::{
     CloseReason, Connection, ConnectionConfig, Event, Frame, Hub, HubEvent, MessageType, PeerId,
@@ -20,31 +23,11 @@ fn hub(max: Option<usize>, budget: usize) -> Hub {
     Hub::with_connection_config(Arc::new(ConnectionConfig::default()), max, budget)
 }
 
-/// Moves everything between a client connection and its hub peer.
-fn pump(hub: &mut Hub, peer: PeerId, c: &mut Connection, now: Instant) {
-    loop {
-        let mut moved = false;
-        while let Some(b) = c.poll_transmit() {
-            c.handle_written(now, b.len());
-            hub.handle_input(peer, now, &b);
-            moved = true;
-        }
-        while let Some(b) = hub.poll_transmit(peer) {
-            hub.handle_written(peer, now, b.len());
-            c.handle_input(now, &b);
-            moved = true;
-        }
-        if !moved {
-            return;
-        }
-    }
-}
-
 /// A client connected to a new hub peer (its `Connected` not yet taken).
 fn connect(hub: &mut Hub, now: Instant) -> (PeerId, Connection) {
     let peer = hub.accept(now).expect("admitted");
     let mut c = Connection::client(Arc::new(ConnectionConfig::default()), now);
-    pump(hub, peer, &mut c, now);
+    pump_hub(hub, peer, &mut c, now);
     assert!(c.is_established() && hub.is_connected(peer));
     while c.poll_event().is_some() {}
     (peer, c)
@@ -110,7 +93,7 @@ fn peer_ids_are_never_reused_for_another_connection() {
         .iter()
         .all(|(p, e)| *p == b && matches!(e, HubEvent::Connected(_))));
     h.send(b, MSG, &b"hi"[..]).unwrap();
-    pump(&mut h, b, &mut cb, t0);
+    pump_hub(&mut h, b, &mut cb, t0);
     assert!(matches!(cb.poll_event(), Some(Event::Message(f)) if &f.payload[..] == b"hi"));
 }
 
@@ -239,7 +222,7 @@ fn broadcasts_reach_exactly_their_connected_targets() {
     }
     // Every copy carries the broadcast's id and arrives.
     for (p, c) in &mut peers {
-        pump(&mut h, *p, c, t0);
+        pump_hub(&mut h, *p, c, t0);
         assert!(std::iter::from_fn(|| c.poll_event()).count() >= 2);
     }
     assert_eq!(

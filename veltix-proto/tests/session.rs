@@ -1,7 +1,10 @@
 //! The client session and the server hub together, on a virtual clock.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::pump_hub;
 use veltix_proto::{
     ClientConfig, ClientSession, DisconnectReason, Error, Hub, HubEvent, MessageType, ServerConfig,
     SessionEvent, Target,
@@ -57,25 +60,6 @@ fn reset_during_handshake_counts_once_per_attempt() {
     assert_eq!(all, vec![(false, 0), (false, 1), (false, 2), (true, 2)]);
 }
 
-fn pump(hub: &mut Hub, peer: veltix_proto::PeerId, s: &mut ClientSession, now: Instant) {
-    for _ in 0..100 {
-        let mut moved = false;
-        while let Some(b) = s.poll_transmit() {
-            s.handle_written(now, b.len());
-            hub.handle_input(peer, now, &b);
-            moved = true;
-        }
-        while let Some(b) = hub.poll_transmit(peer) {
-            hub.handle_written(peer, now, b.len());
-            s.handle_input(now, &b);
-            moved = true;
-        }
-        if !moved {
-            return;
-        }
-    }
-}
-
 #[test]
 fn session_and_hub_talk_and_broadcast_to_a_tag() {
     let t0 = Instant::now();
@@ -88,7 +72,7 @@ fn session_and_hub_talk_and_broadcast_to_a_tag() {
         let d = s.poll_dial(t0).unwrap();
         s.handle_dialed(t0, d.transport);
         let p = hub.accept(t0).unwrap();
-        pump(&mut hub, p, s, t0);
+        pump_hub(&mut hub, p, s, t0);
         assert!(s.is_connected());
         assert!(matches!(s.poll_event(), Some(SessionEvent::Connected(_))));
         ids.push(p);
@@ -106,8 +90,8 @@ fn session_and_hub_talk_and_broadcast_to_a_tag() {
         .broadcast(MessageType::new(300), b"hi", Target::Tag("room", None))
         .unwrap();
     assert_eq!((r.sent, r.skipped), (1, 0));
-    pump(&mut hub, ids[0], &mut a, t0);
-    pump(&mut hub, ids[1], &mut b, t0);
+    pump_hub(&mut hub, ids[0], &mut a, t0);
+    pump_hub(&mut hub, ids[1], &mut b, t0);
     assert!(a.poll_event().is_none());
     assert!(matches!(b.poll_event(), Some(SessionEvent::Message(f)) if &f.payload[..] == b"hi"));
     assert!(matches!(
@@ -116,7 +100,7 @@ fn session_and_hub_talk_and_broadcast_to_a_tag() {
     ));
     // The server closes `a`: it reconnects? retry is 0: (true, 0) and gives up.
     assert!(hub.close(ids[0], t0));
-    pump(&mut hub, ids[0], &mut a, t0);
+    pump_hub(&mut hub, ids[0], &mut a, t0);
     a.handle_eof(t0);
     assert_eq!(hub.poll_finished(), Some(ids[0]));
     let mut saw = Vec::new();
@@ -144,7 +128,7 @@ fn paused_peer_keeps_its_events_but_not_its_completions() {
     let d = a.poll_dial(t0).unwrap();
     a.handle_dialed(t0, d.transport);
     let p = hub.accept(t0).unwrap();
-    pump(&mut hub, p, &mut a, t0);
+    pump_hub(&mut hub, p, &mut a, t0);
     assert!(matches!(a.poll_event(), Some(SessionEvent::Connected(_))));
     while hub.poll_event().is_some() {}
     hub.set_paused(p, true);
@@ -160,12 +144,12 @@ fn paused_peer_keeps_its_events_but_not_its_completions() {
     for _ in 0..10 {
         a.send(MessageType::new(301), &b"m"[..]).unwrap();
     }
-    pump(&mut hub, p, &mut a, t0);
+    pump_hub(&mut hub, p, &mut a, t0);
     while let Some(SessionEvent::Message(f)) = a.poll_event() {
         a.reply(f.request_id, MessageType::new(300), &b"r"[..])
             .unwrap();
     }
-    pump(&mut hub, p, &mut a, t0);
+    pump_hub(&mut hub, p, &mut a, t0);
     assert!(hub.poll_event().is_none(), "paused: no messages served");
     assert!(matches!(
         hub.poll_completion(),

@@ -268,6 +268,18 @@ fn key_from_pem(pem: &[u8], what: &str) -> Result<PrivateKeyDer<'static>, TlsErr
     })
 }
 
+/// A certificate chain and its private key read from PEM files (the chain
+/// first), each named by its path in errors. The servers' certificate and
+/// the clients' (mutual TLS) are loaded alike.
+fn cert_and_key_from_files(
+    cert_chain: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = certs_from_pem(&read_file(cert_chain)?, &cert_chain.display().to_string())?;
+    let key = key_from_pem(&read_file(key)?, &key.display().to_string())?;
+    Ok((chain, key))
+}
+
 fn roots_from_pem(pem: &[u8], what: &str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certs_from_pem(pem, what)? {
@@ -366,10 +378,7 @@ impl ServerTlsBuilder {
         cert_chain: impl AsRef<Path>,
         key: impl AsRef<Path>,
     ) -> Result<Self, TlsError> {
-        let (cp, kp) = (cert_chain.as_ref(), key.as_ref());
-        let chain = certs_from_pem(&read_file(cp)?, &cp.display().to_string())?;
-        let key = key_from_pem(&read_file(kp)?, &kp.display().to_string())?;
-        self.cert = Some((chain, key));
+        self.cert = Some(cert_and_key_from_files(cert_chain.as_ref(), key.as_ref())?);
         Ok(self)
     }
 
@@ -614,10 +623,7 @@ impl ClientTlsBuilder {
         cert_chain: impl AsRef<Path>,
         key: impl AsRef<Path>,
     ) -> Result<Self, TlsError> {
-        let (cp, kp) = (cert_chain.as_ref(), key.as_ref());
-        let chain = certs_from_pem(&read_file(cp)?, &cp.display().to_string())?;
-        let key = key_from_pem(&read_file(kp)?, &kp.display().to_string())?;
-        self.identity = Some((chain, key));
+        self.identity = Some(cert_and_key_from_files(cert_chain.as_ref(), key.as_ref())?);
         Ok(self)
     }
 
@@ -884,5 +890,40 @@ mod tests {
         assert!(matches!(TlsError::of(&e), Some(TlsError::NotTls)));
         let io = TlsError::HandshakeEof.into_io();
         assert!(matches!(TlsError::in_io(&io), Some(TlsError::HandshakeEof)));
+    }
+
+    /// The server's certificate and the client's (mutual TLS) load from PEM
+    /// files alike; a missing or unusable file is named in the error.
+    #[test]
+    fn cert_and_key_load_from_files() {
+        let dir = std::env::temp_dir().join(format!("veltix-tls-pem-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (crt, key, junk) = (dir.join("c.crt"), dir.join("c.key"), dir.join("junk.pem"));
+        std::fs::write(&crt, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+        std::fs::write(&junk, "nothing").unwrap();
+        let server = ServerTls::builder().cert_pem_files(&crt, &key).unwrap();
+        assert!(server.build().is_ok());
+        let client = ClientTls::builder()
+            .ca_pem_file(&crt)
+            .unwrap()
+            .client_cert_pem_files(&crt, &key)
+            .unwrap();
+        assert!(client.build().is_ok());
+        let missing = dir.join("missing.key");
+        match ServerTls::builder().cert_pem_files(&crt, &missing) {
+            Err(TlsError::ReadFile { path, .. }) => assert_eq!(path, missing),
+            other => panic!("{other:?}"),
+        }
+        match ClientTls::builder().client_cert_pem_files(&junk, &key) {
+            Err(TlsError::Pem { what, .. }) => assert_eq!(what, junk.display().to_string()),
+            other => panic!("{other:?}"),
+        }
+        match ClientTls::builder().client_cert_pem_files(&crt, &junk) {
+            Err(TlsError::Pem { what, .. }) => assert_eq!(what, junk.display().to_string()),
+            other => panic!("{other:?}"),
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

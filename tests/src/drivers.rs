@@ -61,6 +61,58 @@ pub trait Driver: Send + Sync + 'static {
     fn client_tls(config: ClientConfig, tls: ClientTls) -> Result<Self::Client, Error> {
         Self::Client::with_tls(config, tls)
     }
+
+    /// A server (TLS with `tls`) started on a new Unix socket at `path`:
+    /// `Server::start_on` with the driver's Unix listener.
+    #[cfg(unix)]
+    fn unix_server(
+        config: ServerConfig,
+        tls: Option<ServerTls>,
+        path: &std::path::Path,
+    ) -> Result<Self::Server, Error>;
+
+    /// A client (TLS with `tls`) whose `Connector` dials the Unix socket
+    /// at `path`: `Client::with_connector`.
+    #[cfg(unix)]
+    fn unix_client(
+        config: ClientConfig,
+        tls: Option<ClientTls>,
+        path: &std::path::Path,
+    ) -> Result<Self::Client, Error>;
+}
+
+/// What peers on a Unix socket report as their address (they have none).
+#[cfg(unix)]
+pub const UNIX_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
+/// veltix-std's connector to a Unix socket.
+#[cfg(unix)]
+struct StdUnix(std::path::PathBuf);
+
+#[cfg(unix)]
+impl veltix_std::Connector for StdUnix {
+    type Stream = veltix_std::mio::net::UnixStream;
+    fn connect(&self, _host: &str, _port: u16) -> Result<(Self::Stream, SocketAddr), Error> {
+        Ok((
+            veltix_std::mio::net::UnixStream::connect(&self.0)?,
+            UNIX_ADDR,
+        ))
+    }
+}
+
+/// veltix-tokio's connector to a Unix socket.
+#[cfg(unix)]
+struct TokioUnix(std::path::PathBuf);
+
+#[cfg(unix)]
+impl veltix_tokio::Connector for TokioUnix {
+    type Stream = tokio::net::UnixStream;
+    async fn connect(&self, _host: &str, _port: u16) -> Result<(Self::Stream, SocketAddr), Error> {
+        Ok((tokio::net::UnixStream::connect(&self.0).await?, UNIX_ADDR))
+    }
 }
 
 /// The `Peer` table of API.md.
@@ -361,6 +413,29 @@ impl Driver for Std {
     type Server = veltix_std::Server;
     type Client = veltix_std::Client;
     type Peer = veltix_std::Peer;
+
+    #[cfg(unix)]
+    fn unix_server(
+        config: ServerConfig,
+        tls: Option<ServerTls>,
+        path: &std::path::Path,
+    ) -> Result<Self::Server, Error> {
+        let server = match tls {
+            None => veltix_std::Server::new(config)?,
+            Some(tls) => veltix_std::Server::with_tls(config, tls)?,
+        };
+        server.start_on(veltix_std::mio::net::UnixListener::bind(path)?)?;
+        Ok(server)
+    }
+
+    #[cfg(unix)]
+    fn unix_client(
+        config: ClientConfig,
+        tls: Option<ClientTls>,
+        path: &std::path::Path,
+    ) -> Result<Self::Client, Error> {
+        veltix_std::Client::with_connector(config, StdUnix(path.to_owned()), tls)
+    }
 }
 
 impl ServerApi for veltix_std::Server {
@@ -599,6 +674,32 @@ impl Driver for Tokio {
     type Server = TokioServer;
     type Client = TokioClient;
     type Peer = veltix_tokio::Peer;
+
+    #[cfg(unix)]
+    fn unix_server(
+        config: ServerConfig,
+        tls: Option<ServerTls>,
+        path: &std::path::Path,
+    ) -> Result<Self::Server, Error> {
+        let _rt = runtime().enter();
+        let server = match tls {
+            None => veltix_tokio::Server::new(config)?,
+            Some(tls) => veltix_tokio::Server::with_tls(config, tls)?,
+        };
+        server.start_on(tokio::net::UnixListener::bind(path)?)?;
+        Ok(TokioServer(server))
+    }
+
+    #[cfg(unix)]
+    fn unix_client(
+        config: ClientConfig,
+        tls: Option<ClientTls>,
+        path: &std::path::Path,
+    ) -> Result<Self::Client, Error> {
+        let _rt = runtime().enter();
+        veltix_tokio::Client::with_connector(config, TokioUnix(path.to_owned()), tls)
+            .map(TokioClient)
+    }
 }
 
 /// The multi-thread runtime (2 workers) every [`Tokio`] facade object runs

@@ -68,6 +68,28 @@ impl Listener for tokio::net::TcpListener {
     }
 }
 
+/// The address of Unix sockets, which have none: `0.0.0.0:0` (the
+/// unspecified IPv4 address, port 0), as veltix-std reports it.
+#[cfg(unix)]
+const UNIX_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    0,
+));
+
+/// A Unix socket listener. Unix sockets have no IP address: the listener
+/// and every peer report `0.0.0.0:0` as theirs.
+#[cfg(unix)]
+impl Listener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, SocketAddr)> {
+        let (s, _) = tokio::net::UnixListener::accept(self).await?;
+        Ok((s, UNIX_ADDR))
+    }
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Ok(UNIX_ADDR)
+    }
+}
+
 /// What [`Server::recv`] returns: the events no handler consumed.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use veltix_proto::{DisconnectReason, DisconnectState, Reply, RequestFailure, SessionEvent};
 use veltix_sim::{ClientApp, ClientCtx, ClientLinkEvent, LinkId, TimerId};
 
-use crate::ledger::{parse, payload, to_state, Ledger, MSG, REQ};
+use crate::ledger::{to_state, Ledger, MSG, REQ};
 use crate::reconnect_model::{Model, Next};
 
 const START: u64 = 1;
@@ -158,11 +158,11 @@ impl SimClient {
             ctx.rng().below(200) as usize
         };
         if ctx.rng().chance(0.5) {
-            let r = ctx.send(MSG, payload(0, c, seq, filler));
+            let r = ctx.send(MSG, l.payload(0, c, seq, filler));
             l.sent((0, c, seq), link, r.is_err());
         } else {
             let timeout = l.request_timeout;
-            if let Ok(id) = ctx.request(REQ, payload(2, c, seq, filler), timeout) {
+            if let Ok(id) = ctx.request(REQ, l.payload(2, c, seq, filler), timeout) {
                 let p = Pending {
                     seq,
                     link: Some(link),
@@ -194,7 +194,7 @@ impl SimClient {
                 if now > p.deadline {
                     ctx.fail(format!("client {c}: response after the deadline"));
                 }
-                match parse(&frame.payload) {
+                match l.parse(&frame.payload) {
                     Some((2, cl, seq)) if cl == c && seq == p.seq => l.report.responses += 1,
                     Some(_) if l.link_corrupted(p.link) => {
                         l.report.header_corruption_misroutes += 1;
@@ -345,7 +345,8 @@ impl ClientApp for SimClient {
             }
             SessionEvent::Message(m) => {
                 let mut l = self.ledger.borrow_mut();
-                let r = match parse(&m.payload) {
+                let parsed = l.parse(&m.payload);
+                let r = match parsed {
                     // A reply after its request already failed: ordinary traffic now.
                     Some((2, cl, seq)) if cl == c && l.expired.contains(&(c, seq)) => {
                         l.report.late_replies += 1;
@@ -371,7 +372,7 @@ impl ClientApp for SimClient {
                             }
                         }
                     },
-                    _ => l.record_delivery(1, &m.payload, self.link),
+                    _ => l.record_delivery(1, parsed, self.link),
                 };
                 if let Err(e) = r {
                     ctx.fail(e);

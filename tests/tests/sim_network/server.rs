@@ -13,7 +13,7 @@ use serde_json::json;
 use veltix_proto::{HubEvent, PeerId, Target};
 use veltix_sim::{ServerApp, ServerCtx, ServerLinkEvent};
 
-use crate::ledger::{parse, payload, Ledger, GROUPS, MSG, REQ, SIM_SERVICE, SIM_USER};
+use crate::ledger::{Ledger, GROUPS, MSG, REQ, SIM_SERVICE, SIM_USER};
 
 const BROADCAST: u64 = 1;
 /// Tags of per-peer traffic timers: this bit plus the peer's serial.
@@ -68,7 +68,7 @@ impl SimServer {
         } else {
             ctx.rng().below(200) as usize
         };
-        let r = ctx.send(peer, MSG, payload(1, c, seq, filler));
+        let r = ctx.send(peer, MSG, l.payload(1, c, seq, filler));
         l.sent((1, c, seq), link, r.is_err());
     }
 
@@ -125,7 +125,7 @@ impl SimServer {
             .transports()
             .map(|p| (p, ctx.hub().queued_bytes(p)))
             .collect();
-        let p = payload(3, usize::from(g), seq, filler);
+        let p = l.payload(3, usize::from(g), seq, filler);
         let b = match ctx.broadcast(MSG, &p, target) {
             Ok(b) => b,
             Err(e) => ctx.fail(format!("broadcast refused: {e}")),
@@ -242,13 +242,13 @@ impl ServerApp for SimServer {
                 let first = Duration::from_millis(150 + ctx.rng().below(3000));
                 ctx.set_timer(first, PEER | peer.as_u64());
             }
-            HubEvent::Message(m) => match parse(&m.payload) {
+            HubEvent::Message(m) => match l.parse(&m.payload) {
                 // A request (by its payload): echo it with its id.
                 Some((2, _, _)) => {
                     let _ = ctx.reply(peer, m.request_id, REQ, m.payload);
                 }
-                _ => {
-                    if let Err(e) = l.record_delivery(0, &m.payload, Some(link)) {
+                parsed => {
+                    if let Err(e) = l.record_delivery(0, parsed, Some(link)) {
                         ctx.fail(e);
                     }
                 }

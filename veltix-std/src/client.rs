@@ -11,12 +11,12 @@ use bytes::Bytes;
 use mio::{Poll, Token, Waker};
 use veltix_proto::{
     ClientConfig, ClientSession, CloseReason, ConnectionStats, DisconnectState, Error, Frame,
-    MessageType, PeerHello, Reply, RequestFailure, Router, SendError, Wait,
+    MessageType, PeerHello, Reply, Router, SendError, Wait,
 };
 use veltix_tls::{ClientTls, TlsInfo};
 
 use crate::pool::{lock, wait_until, Mailbox, Pool, MAILBOX_BYTES};
-use crate::server::{SPIN_BEFORE_PARK, WAIT_MARGIN};
+use crate::server::WAIT_MARGIN;
 
 mod connector;
 mod io_loop;
@@ -42,7 +42,7 @@ struct Callbacks {
 struct Core {
     session: ClientSession,
     /// Requests and pings with a blocked caller: their outcome, once known.
-    waiting: HashMap<u16, Option<Result<Reply, RequestFailure>>>,
+    waiting: crate::pool::Waiting<u16>,
     waker: Option<Arc<Waker>>,
     wake_pending: bool,
     /// The I/O thread runs (or is starting).
@@ -490,36 +490,23 @@ impl Client {
 
     fn wait_outcome<'a>(
         &'a self,
-        mut g: MutexGuard<'a, Core>,
+        g: MutexGuard<'a, Core>,
         id: u16,
         what: Wait,
         timeout: Duration,
         deadline: Instant,
     ) -> Result<Reply, Error> {
-        // Poll briefly before parking: a loopback or LAN reply often lands
-        // within tens of microseconds, and waking a parked thread costs
-        // about that much again on a virtual CPU. Bounded, and it yields.
-        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
-        while !matches!(g.waiting.get(&id), Some(Some(_)) | None) && Instant::now() < spin_until {
-            drop(g);
-            std::thread::yield_now();
-            g = self.core();
-        }
-        loop {
-            if let Some(Some(_)) = g.waiting.get(&id) {
-                let outcome = g.waiting.remove(&id).flatten().expect("checked");
-                return outcome.map_err(|f| Error::from_request_failure(f, what, timeout));
-            }
-            if Instant::now() >= deadline {
-                g.waiting.remove(&id);
-                g.session.cancel_request(id);
-                return Err(Error::TimedOut {
-                    what,
-                    after: timeout,
-                });
-            }
-            g = wait_until(&self.0.cv, g, Some(deadline));
-        }
+        crate::pool::wait_outcome(
+            &self.0.core,
+            &self.0.cv,
+            g,
+            |c| &mut c.waiting,
+            id,
+            |c| {
+                c.session.cancel_request(id);
+            },
+            (what, timeout, deadline),
+        )
     }
 
     /// Sends a request and waits for the frame carrying its id. `None`:

@@ -43,6 +43,55 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// How long a `request`/`ping` caller polls for its outcome before it parks.
+pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+
+/// What a request waits for in the driver's `waiting` map: `None` until the
+/// I/O thread stores the outcome.
+pub(crate) type Waiting<K> =
+    std::collections::HashMap<K, Option<Result<veltix_proto::Reply, veltix_proto::RequestFailure>>>;
+
+/// Waits for the outcome of request `key` in the `waiting` map of the
+/// state behind `m`, until `deadline`; on timeout removes the entry and
+/// calls `cancel` (under the lock), then maps the outcome to the caller's
+/// error (`what`, `timeout`). Polls briefly before parking: a loopback or
+/// LAN reply often lands within tens of microseconds, and waking a parked
+/// thread costs about that much again on a virtual CPU. Bounded, and it
+/// yields.
+pub(crate) fn wait_outcome<'a, T, K: std::hash::Hash + Eq + Copy>(
+    m: &'a Mutex<T>,
+    cv: &Condvar,
+    mut g: MutexGuard<'a, T>,
+    waiting: impl Fn(&mut T) -> &mut Waiting<K>,
+    key: K,
+    cancel: impl FnOnce(&mut T),
+    (what, timeout, deadline): (veltix_proto::Wait, Duration, Instant),
+) -> Result<veltix_proto::Reply, veltix_proto::Error> {
+    let spin_until = Instant::now() + SPIN_BEFORE_PARK;
+    while !matches!(waiting(&mut g).get(&key), Some(Some(_)) | None) && Instant::now() < spin_until
+    {
+        drop(g);
+        std::thread::yield_now();
+        g = lock(m);
+    }
+    loop {
+        if let Some(Some(_)) = waiting(&mut g).get(&key) {
+            let outcome = waiting(&mut g).remove(&key).flatten().expect("checked");
+            return outcome
+                .map_err(|f| veltix_proto::Error::from_request_failure(f, what, timeout));
+        }
+        if Instant::now() >= deadline {
+            waiting(&mut g).remove(&key);
+            cancel(&mut g);
+            return Err(veltix_proto::Error::TimedOut {
+                what,
+                after: timeout,
+            });
+        }
+        g = wait_until(cv, g, Some(deadline));
+    }
+}
+
 /// Waits on `cv` until `deadline` (or a notification); `None` waits without limit.
 pub(crate) fn wait_until<'a, T>(
     cv: &Condvar,

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use mio::{Poll, Token, Waker};
 use serde_json::Value;
 use veltix_proto::{
-    Error, Frame, Hub, HubStats, MessageType, PeerId, Reply, RequestFailure, Router, SendError,
-    ServerConfig, Target, Wait,
+    Error, Frame, Hub, HubStats, MessageType, PeerId, Reply, Router, SendError, ServerConfig,
+    Target, Wait,
 };
 use veltix_tls::{ServerTls, TlsInfo};
 
@@ -29,9 +29,6 @@ pub use self::peer::{ClientInfo, Peer};
 const WAKER: Token = Token(0);
 const LISTENER: Token = Token(1);
 const FIRST_CONN: usize = 2;
-
-/// How long a `request`/`ping` caller polls for its outcome before it parks.
-pub(crate) const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
 
 /// Extra wait of a blocked `request`/`ping` past its deadline, in case the
 /// I/O thread is late delivering the core's outcome.
@@ -68,7 +65,7 @@ struct Core {
     /// What each TLS peer's handshake negotiated (TLS servers only).
     tls: HashMap<PeerId, Arc<TlsInfo>>,
     /// Requests and pings with a blocked caller: their outcome, once known.
-    waiting: HashMap<(PeerId, u16), Option<Result<Reply, RequestFailure>>>,
+    waiting: crate::pool::Waiting<(PeerId, u16)>,
     waker: Option<Arc<Waker>>,
     wake_pending: bool,
     phase: Phase,
@@ -479,34 +476,23 @@ impl Server {
 
     fn wait_outcome<'a>(
         &'a self,
-        mut g: MutexGuard<'a, Core>,
+        g: MutexGuard<'a, Core>,
         key: (PeerId, u16),
         what: Wait,
         timeout: Duration,
         deadline: Instant,
     ) -> Result<Reply, Error> {
-        // Poll briefly before parking (see the client's `wait_outcome`).
-        let spin_until = Instant::now() + SPIN_BEFORE_PARK;
-        while !matches!(g.waiting.get(&key), Some(Some(_)) | None) && Instant::now() < spin_until {
-            drop(g);
-            std::thread::yield_now();
-            g = lock(&self.0.core);
-        }
-        loop {
-            if let Some(Some(_)) = g.waiting.get(&key) {
-                let outcome = g.waiting.remove(&key).flatten().expect("checked");
-                return outcome.map_err(|f| Error::from_request_failure(f, what, timeout));
-            }
-            if Instant::now() >= deadline {
-                g.waiting.remove(&key);
-                g.hub.cancel_request(key.0, key.1);
-                return Err(Error::TimedOut {
-                    what,
-                    after: timeout,
-                });
-            }
-            g = wait_until(&self.0.cv, g, Some(deadline));
-        }
+        crate::pool::wait_outcome(
+            &self.0.core,
+            &self.0.cv,
+            g,
+            |c| &mut c.waiting,
+            key,
+            |c| {
+                c.hub.cancel_request(key.0, key.1);
+            },
+            (what, timeout, deadline),
+        )
     }
 
     /// Sends a request to `peer` and waits for its reply (a reply counts

@@ -21,7 +21,7 @@ use veltix_proto::PeerId;
 
 use crate::app::{ClientLinkEvent, ServerLinkEvent};
 use crate::faults::Dir;
-use crate::net::Link;
+use crate::net::{Link, DUE};
 use crate::sim::{ClientNode, NodeKind, ServerNode, Sim};
 use crate::trace::{EventNote, TraceKind};
 use crate::types::NodeId;
@@ -94,28 +94,6 @@ impl Sim {
         }
         let mut t: Option<Instant> = None;
         let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
-        for l in self.links.iter() {
-            if l.dead {
-                continue;
-            }
-            let cut = !self.partitions.is_empty() && self.is_partitioned(l.client, l.server);
-            for dir in Dir::BOTH {
-                let p = &l.pipes[dir.index()];
-                if let Some(x) = p.pause_at {
-                    at(x);
-                }
-                // Bytes to read, or EOF to read once the pipe drained.
-                let due = p.readable_at().or_else(|| {
-                    (l.sender_gone(dir) && !l.eof[dir.index()])
-                        .then(|| p.paused_until.unwrap_or(now))
-                });
-                if let Some(x) = due {
-                    if !cut && self.reads(l, dir) {
-                        at(x);
-                    }
-                }
-            }
-        }
         for n in &self.nodes {
             let x = match &n.kind {
                 NodeKind::Server(s) => s.hub.poll_timeout(),
@@ -138,6 +116,25 @@ impl Sim {
                     at(u);
                 }
             }
+        }
+        // The links' times, earliest first, as far as they can still be
+        // the earliest: a pause starts whatever the receiver does; bytes
+        // or an EOF count if the receiver reads and no partition cuts
+        // the link.
+        self.links.refile(now);
+        for (x, id, slot) in self.links.wake_times() {
+            if t.is_some_and(|t| x >= t) {
+                break;
+            }
+            if slot >= DUE {
+                let l = self.links.get(id).expect("filed links are open");
+                let dir = Dir::BOTH[usize::from(slot - DUE)];
+                let cut = !self.partitions.is_empty() && self.is_partitioned(l.client, l.server);
+                if cut || !self.reads(l, dir) {
+                    continue;
+                }
+            }
+            t = Some(x);
         }
         t.map(|t| t.max(now))
     }
@@ -229,6 +226,8 @@ impl Sim {
         let Some((id, transport)) = c.link else {
             return;
         };
+        // The session may have output for its transport now.
+        self.links.tx.insert(id);
         if c.session.transport() == Some(transport) {
             return;
         }

@@ -96,6 +96,7 @@ pub struct Sim {
     pub(crate) same_instant: u64,
     pub(crate) scratch: Vec<u8>,
     pub(crate) observe: Vec<usize>,
+    pub(crate) due_links: Vec<LinkId>,
 }
 
 impl fmt::Debug for Sim {
@@ -134,6 +135,7 @@ impl Sim {
             same_instant: 0,
             scratch: Vec::new(),
             observe: Vec::new(),
+            due_links: Vec::new(),
         }
     }
 

@@ -145,6 +145,7 @@ impl Sim {
             eof: [false; 2],
             dead: false,
             tx_ready: true,
+            filed: Default::default(),
         });
         self.log.stats.links += 1;
         let c = client_of(&mut self.nodes, node);
@@ -212,17 +213,27 @@ impl Sim {
         for n in &mut self.nodes {
             if let NodeKind::Server(s) = &mut n.kind {
                 while let Some(peer) = s.hub.poll_transmit_ready() {
-                    if let Some(l) = s.peers.get(&peer).and_then(|p| self.links.get_mut(p.link)) {
+                    let Some(id) = s.peers.get(&peer).map(|p| p.link) else {
+                        continue;
+                    };
+                    if let Some(l) = self.links.get_mut(id) {
                         l.tx_ready = true;
+                        self.links.tx.insert(id);
                     }
                 }
             }
         }
-        for link in self.links.iter_mut() {
+        // Only links that may have output to move (see `Links::tx`); the
+        // others would be passed over below anyway.
+        let ready = std::mem::take(&mut self.links.tx);
+        for &id in &ready {
+            let Some(li) = self.links.index(id) else {
+                continue;
+            };
+            let link = self.links.at_mut(li);
             if link.dead {
                 continue;
             }
-            let id = link.id;
             let server_side = std::mem::take(&mut link.tx_ready)
                 || link.refusal.is_some()
                 || !link.held[1].is_empty();
@@ -277,6 +288,10 @@ impl Sim {
                     _ => {}
                 }
             }
+            if !link.held[0].is_empty() || !link.held[1].is_empty() || link.refusal.is_some() {
+                self.links.tx.insert(id);
+            }
+            let link = self.links.at_mut(li);
             let c = client_of(&mut self.nodes, link.client);
             if link.client_gone
                 || c.session.transport() != Some(link.transport)
@@ -321,8 +336,12 @@ impl Sim {
                     self.nodes[link.client.index()].name
                 ));
             }
+            let (held, client) = (!link.held[0].is_empty(), link.client);
+            if held {
+                self.links.tx.insert(id);
+            }
             if wrote {
-                observe.push(link.client.index());
+                observe.push(client.index());
             }
         }
         for &c in &observe {

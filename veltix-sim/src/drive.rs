@@ -41,6 +41,13 @@ pub(crate) fn server_of(nodes: &mut [crate::sim::Node], id: NodeId) -> &mut Serv
     }
 }
 
+fn server_ref(nodes: &[crate::sim::Node], i: usize) -> &ServerNode {
+    match &nodes[i].kind {
+        NodeKind::Server(s) => s,
+        NodeKind::Client(_) => unreachable!("a server node"),
+    }
+}
+
 pub(crate) fn client_of(nodes: &mut [crate::sim::Node], id: NodeId) -> &mut ClientNode {
     match &mut nodes[id.index()].kind {
         NodeKind::Client(c) => c,
@@ -85,23 +92,16 @@ impl Sim {
         if self.unstarted || self.service_due || !self.notices.is_empty() {
             return Some(now);
         }
-        for n in &mut self.nodes {
-            if let NodeKind::Client(c) = &mut n.kind {
-                if std::mem::take(&mut c.stale) {
-                    c.timeout = c.session.poll_timeout();
-                }
-            }
-        }
+        self.refile_timeouts();
         let mut t: Option<Instant> = None;
         let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
-        for n in &self.nodes {
-            let x = match &n.kind {
-                NodeKind::Server(s) => s.hub.poll_timeout(),
-                NodeKind::Client(c) => c.timeout,
-            };
-            if let Some(x) = x {
+        for &i in &self.servers {
+            if let Some(x) = server_ref(&self.nodes, i).hub.poll_timeout() {
                 at(x);
             }
+        }
+        if let Some(&(x, _)) = self.timeouts.first() {
+            at(x);
         }
         if let Some(x) = self.timers.next() {
             at(x);
@@ -172,30 +172,54 @@ impl Sim {
         self.deliver();
         // Deadlines due now (calling `handle_timeout` early is harmless, so
         // only due ones are called).
-        for i in 0..self.nodes.len() {
+        // In node order, as ever; a node's deadline does not move while
+        // another node handles its own.
+        self.refile_timeouts();
+        let mut due = std::mem::take(&mut self.due_nodes);
+        due.clear();
+        due.extend(self.servers.iter().copied().filter(|&i| {
+            server_ref(&self.nodes, i)
+                .hub
+                .poll_timeout()
+                .is_some_and(|x| x <= t)
+        }));
+        due.extend(self.timeouts.range(..=(t, usize::MAX)).map(|&(_, i)| i));
+        due.sort_unstable();
+        for &i in &due {
             match &mut self.nodes[i].kind {
-                NodeKind::Server(s) => {
-                    if s.hub.poll_timeout().is_some_and(|x| x <= t) {
-                        s.hub.handle_timeout(t);
-                    }
-                }
+                NodeKind::Server(s) => s.hub.handle_timeout(t),
                 NodeKind::Client(c) => {
-                    let due = if c.stale {
-                        c.session.poll_timeout()
-                    } else {
-                        c.timeout
-                    };
-                    if due.is_some_and(|x| x <= t) {
-                        c.session.handle_timeout(t);
-                        self.observe_client(i);
-                    }
+                    c.session.handle_timeout(t);
+                    self.observe_client(i);
                 }
             }
         }
+        self.due_nodes = due;
         self.service();
         // Links both ends let go of are forgotten.
-        self.links.retain(|l| !(l.server_gone && l.client_gone));
+        self.links.reap();
         true
+    }
+
+    /// Files the `poll_timeout` of every client called since it was last
+    /// filed (the cache is exact again).
+    fn refile_timeouts(&mut self) {
+        for i in self.stale.drain(..) {
+            let NodeKind::Client(c) = &mut self.nodes[i].kind else {
+                continue;
+            };
+            c.stale = false;
+            let new = c.session.poll_timeout();
+            if new != c.timeout {
+                if let Some(old) = c.timeout {
+                    self.timeouts.remove(&(old, i));
+                }
+                if let Some(x) = new {
+                    self.timeouts.insert((x, i));
+                }
+                c.timeout = new;
+            }
+        }
     }
 
     fn update_partitions(&mut self) {
@@ -222,7 +246,10 @@ impl Sim {
             return;
         };
         c.dirty = true;
-        c.stale = true;
+        if !std::mem::replace(&mut c.stale, true) {
+            self.stale.push(i);
+        }
+        self.to_service.insert(i);
         let Some((id, transport)) = c.link else {
             return;
         };
@@ -269,7 +296,11 @@ impl Sim {
                     app.on_link(ctx, ClientLinkEvent::Dropped { link, info });
                 });
             }
-            for i in 0..self.nodes.len() {
+            // Every server, and the clients in `to_service`, in node order
+            // (read afresh after each node).
+            let mut next = 0;
+            while let Some(&i) = self.to_service.range(next..).next() {
+                next = i + 1;
                 match &mut self.nodes[i].kind {
                     NodeKind::Server(_) => progress |= self.server_events(i),
                     NodeKind::Client(c) => {
@@ -279,6 +310,10 @@ impl Sim {
                         if std::mem::take(&mut c.dirty) || c.held.is_some() {
                             progress |= self.client_events(i);
                             progress |= self.dial(i);
+                        }
+                        let c = client_of(&mut self.nodes, NodeId::from_index(i));
+                        if !c.dirty && c.held.is_none() {
+                            self.to_service.remove(&i);
                         }
                     }
                 }

@@ -35,7 +35,9 @@ impl Sim {
         let Some(d) = c.session.poll_dial(now) else {
             return false;
         };
-        c.stale = true;
+        if !std::mem::replace(&mut c.stale, true) {
+            self.stale.push(i);
+        }
         if let Some((l, _)) = c.link {
             self.log.fail(&format_args!(
                 "{}: the session dialled while {l} was still its transport",
@@ -210,8 +212,8 @@ impl Sim {
         let mut observe = std::mem::take(&mut self.observe);
         observe.clear();
         // The peers the hubs gave output since they were last asked.
-        for n in &mut self.nodes {
-            if let NodeKind::Server(s) = &mut n.kind {
+        for &i in &self.servers {
+            if let NodeKind::Server(s) = &mut self.nodes[i].kind {
                 while let Some(peer) = s.hub.poll_transmit_ready() {
                     let Some(id) = s.peers.get(&peer).map(|p| p.link) else {
                         continue;
@@ -299,7 +301,9 @@ impl Sim {
             {
                 continue;
             }
-            c.stale = true;
+            if !std::mem::replace(&mut c.stale, true) {
+                self.stale.push(link.client.index());
+            }
             let mut wrote = false;
             loop {
                 while let Some(b) = c.session.poll_transmit() {

@@ -38,6 +38,8 @@ pub(crate) struct Links {
     /// Links that may have output to move: opened, named by their hub,
     /// their client's session called, or holding bytes (`Sim::transmit`).
     pub tx: BTreeSet<LinkId>,
+    /// A link both ends let go of was filed (see [`reap`](Self::reap)).
+    reap: bool,
 }
 
 /// A link's wake times: when a reading pause starts (any link not reset),
@@ -108,10 +110,21 @@ impl Links {
         self.tx.insert(link.id);
         self.list.push(link);
     }
-    pub fn retain(&mut self, mut f: impl FnMut(&Link) -> bool) {
+    /// Forgets the links both ends let go of (only a touched link can have
+    /// become one, so the list is gone through only when one was seen).
+    pub fn reap(&mut self) {
+        let done = |l: &Link| l.server_gone && l.client_gone;
+        if !std::mem::take(&mut self.reap)
+            && !self
+                .touched
+                .iter()
+                .any(|&id| self.get(id).is_some_and(done))
+        {
+            return;
+        }
         let (wake, tx) = (&mut self.wake, &mut self.tx);
         self.list.retain(|l| {
-            let keep = f(l);
+            let keep = !(l.server_gone && l.client_gone);
             if !keep {
                 for (slot, key) in l.filed.keys.iter().enumerate() {
                     if let Some(t) = *key {
@@ -136,6 +149,7 @@ impl Links {
             };
             let l = &mut self.list[i];
             l.filed.touched = false;
+            self.reap |= l.server_gone && l.client_gone;
             let keys = wake_times(l, now);
             if keys == l.filed.keys {
                 continue;

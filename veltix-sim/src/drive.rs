@@ -93,6 +93,10 @@ impl Sim {
             return Some(now);
         }
         self.refile_timeouts();
+        #[cfg(debug_assertions)]
+        if self.log.stats.steps % 8 == 0 {
+            self.check_indexes();
+        }
         let mut t: Option<Instant> = None;
         let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
         for &i in &self.servers {
@@ -199,6 +203,48 @@ impl Sim {
         // Links both ends let go of are forgotten.
         self.links.reap();
         true
+    }
+
+    /// Checks the step loop's indexes against a full scan (debug builds,
+    /// every few steps): a missed update would change the run silently.
+    #[cfg(debug_assertions)]
+    fn check_indexes(&mut self) {
+        self.links.refile(self.log.now);
+        self.links.check(self.log.now);
+        let mut filed = 0;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let NodeKind::Client(c) = &n.kind else {
+                assert!(
+                    self.to_service.contains(&i),
+                    "veltix-sim: a server left out of service"
+                );
+                continue;
+            };
+            assert_eq!(
+                c.timeout,
+                c.session.poll_timeout(),
+                "veltix-sim: {}'s deadline not refiled",
+                n.name
+            );
+            filed += usize::from(c.timeout.is_some());
+            if let Some((id, _)) = c.link.filter(|_| c.session.has_transmit()) {
+                assert!(
+                    self.links.tx.contains(&id),
+                    "veltix-sim: {}'s output not listed",
+                    n.name
+                );
+            }
+            assert!(
+                !(c.dirty || c.held.is_some()) || self.to_service.contains(&i),
+                "veltix-sim: {} left out of service",
+                n.name
+            );
+        }
+        assert_eq!(
+            filed,
+            self.timeouts.len(),
+            "veltix-sim: deadline index out of step"
+        );
     }
 
     /// Files the `poll_timeout` of every client called since it was last

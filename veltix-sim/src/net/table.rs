@@ -169,6 +169,49 @@ impl Links {
         self.touched = touched;
     }
 
+    /// Checks the index against the links (debug builds): every link
+    /// filed as it is now, every link with output to move in `tx`.
+    #[cfg(debug_assertions)]
+    pub fn check(&self, now: Instant) {
+        for l in &self.list {
+            if l.filed.touched {
+                continue;
+            }
+            let fresh = wake_times(l, now);
+            for (slot, (filed, fresh)) in l.filed.keys.iter().zip(&fresh).enumerate() {
+                // An EOF due "now" was filed at the time it was filed.
+                let d = slot % 2;
+                let eof_now = slot >= DUE as usize
+                    && l.pipes[d].segments.is_empty()
+                    && l.pipes[d].paused_until.is_none()
+                    && filed.is_some_and(|t| t <= now);
+                assert!(
+                    filed == fresh || eof_now && fresh.is_some(),
+                    "veltix-sim: {} filed with stale wake times",
+                    l.id
+                );
+                assert!(
+                    filed.is_none_or(|t| self.wake.contains(&(t, l.id, slot as u8))),
+                    "veltix-sim: {} missing from the wake index",
+                    l.id
+                );
+            }
+            let holds =
+                l.tx_ready || l.refusal.is_some() || !l.held[0].is_empty() || !l.held[1].is_empty();
+            assert!(
+                l.dead || !holds || self.tx.contains(&l.id),
+                "veltix-sim: {} has output to move and is not listed",
+                l.id
+            );
+        }
+        let filed: usize = self
+            .list
+            .iter()
+            .map(|l| l.filed.keys.iter().flatten().count())
+            .sum();
+        assert_eq!(filed, self.wake.len(), "veltix-sim: wake index out of step");
+    }
+
     /// Every filed wake time, earliest first (call [`refile`](Self::refile) first).
     pub fn wake_times(&self) -> impl Iterator<Item = (Instant, LinkId, u8)> + '_ {
         self.wake.iter().copied()

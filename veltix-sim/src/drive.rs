@@ -21,7 +21,7 @@ use veltix_proto::PeerId;
 
 use crate::app::{ClientLinkEvent, ServerLinkEvent};
 use crate::faults::Dir;
-use crate::net::Link;
+use crate::net::{Link, DUE};
 use crate::sim::{ClientNode, NodeKind, ServerNode, Sim};
 use crate::trace::{EventNote, TraceKind};
 use crate::types::NodeId;
@@ -38,6 +38,13 @@ pub(crate) fn server_of(nodes: &mut [crate::sim::Node], id: NodeId) -> &mut Serv
     match &mut nodes[id.index()].kind {
         NodeKind::Server(s) => s,
         NodeKind::Client(_) => unreachable!("links end at server nodes"),
+    }
+}
+
+fn server_ref(nodes: &[crate::sim::Node], i: usize) -> &ServerNode {
+    match &nodes[i].kind {
+        NodeKind::Server(s) => s,
+        NodeKind::Client(_) => unreachable!("a server node"),
     }
 }
 
@@ -85,45 +92,20 @@ impl Sim {
         if self.unstarted || self.service_due || !self.notices.is_empty() {
             return Some(now);
         }
-        for n in &mut self.nodes {
-            if let NodeKind::Client(c) = &mut n.kind {
-                if std::mem::take(&mut c.stale) {
-                    c.timeout = c.session.poll_timeout();
-                }
-            }
+        self.refile_timeouts();
+        #[cfg(debug_assertions)]
+        if self.log.stats.steps % 8 == 0 {
+            self.check_indexes();
         }
         let mut t: Option<Instant> = None;
         let mut at = |x: Instant| t = Some(t.map_or(x, |t| t.min(x)));
-        for l in self.links.iter() {
-            if l.dead {
-                continue;
-            }
-            let cut = !self.partitions.is_empty() && self.is_partitioned(l.client, l.server);
-            for dir in Dir::BOTH {
-                let p = &l.pipes[dir.index()];
-                if let Some(x) = p.pause_at {
-                    at(x);
-                }
-                // Bytes to read, or EOF to read once the pipe drained.
-                let due = p.readable_at().or_else(|| {
-                    (l.sender_gone(dir) && !l.eof[dir.index()])
-                        .then(|| p.paused_until.unwrap_or(now))
-                });
-                if let Some(x) = due {
-                    if !cut && self.reads(l, dir) {
-                        at(x);
-                    }
-                }
-            }
-        }
-        for n in &self.nodes {
-            let x = match &n.kind {
-                NodeKind::Server(s) => s.hub.poll_timeout(),
-                NodeKind::Client(c) => c.timeout,
-            };
-            if let Some(x) = x {
+        for &i in &self.servers {
+            if let Some(x) = server_ref(&self.nodes, i).hub.poll_timeout() {
                 at(x);
             }
+        }
+        if let Some(&(x, _)) = self.timeouts.first() {
+            at(x);
         }
         if let Some(x) = self.timers.next() {
             at(x);
@@ -138,6 +120,25 @@ impl Sim {
                     at(u);
                 }
             }
+        }
+        // The links' times, earliest first, as far as they can still be
+        // the earliest: a pause starts whatever the receiver does; bytes
+        // or an EOF count if the receiver reads and no partition cuts
+        // the link.
+        self.links.refile(now);
+        for (x, id, slot) in self.links.wake_times() {
+            if t.is_some_and(|t| x >= t) {
+                break;
+            }
+            if slot >= DUE {
+                let l = self.links.get(id).expect("filed links are open");
+                let dir = Dir::BOTH[usize::from(slot - DUE)];
+                let cut = !self.partitions.is_empty() && self.is_partitioned(l.client, l.server);
+                if cut || !self.reads(l, dir) {
+                    continue;
+                }
+            }
+            t = Some(x);
         }
         t.map(|t| t.max(now))
     }
@@ -175,30 +176,96 @@ impl Sim {
         self.deliver();
         // Deadlines due now (calling `handle_timeout` early is harmless, so
         // only due ones are called).
-        for i in 0..self.nodes.len() {
+        // In node order, as ever; a node's deadline does not move while
+        // another node handles its own.
+        self.refile_timeouts();
+        let mut due = std::mem::take(&mut self.due_nodes);
+        due.clear();
+        due.extend(self.servers.iter().copied().filter(|&i| {
+            server_ref(&self.nodes, i)
+                .hub
+                .poll_timeout()
+                .is_some_and(|x| x <= t)
+        }));
+        due.extend(self.timeouts.range(..=(t, usize::MAX)).map(|&(_, i)| i));
+        due.sort_unstable();
+        for &i in &due {
             match &mut self.nodes[i].kind {
-                NodeKind::Server(s) => {
-                    if s.hub.poll_timeout().is_some_and(|x| x <= t) {
-                        s.hub.handle_timeout(t);
-                    }
-                }
+                NodeKind::Server(s) => s.hub.handle_timeout(t),
                 NodeKind::Client(c) => {
-                    let due = if c.stale {
-                        c.session.poll_timeout()
-                    } else {
-                        c.timeout
-                    };
-                    if due.is_some_and(|x| x <= t) {
-                        c.session.handle_timeout(t);
-                        self.observe_client(i);
-                    }
+                    c.session.handle_timeout(t);
+                    self.observe_client(i);
                 }
             }
         }
+        self.due_nodes = due;
         self.service();
         // Links both ends let go of are forgotten.
-        self.links.retain(|l| !(l.server_gone && l.client_gone));
+        self.links.reap();
         true
+    }
+
+    /// Checks the step loop's indexes against a full scan (debug builds,
+    /// every few steps): a missed update would change the run silently.
+    #[cfg(debug_assertions)]
+    fn check_indexes(&mut self) {
+        self.links.refile(self.log.now);
+        self.links.check(self.log.now);
+        let mut filed = 0;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let NodeKind::Client(c) = &n.kind else {
+                assert!(
+                    self.to_service.contains(&i),
+                    "veltix-sim: a server left out of service"
+                );
+                continue;
+            };
+            assert_eq!(
+                c.timeout,
+                c.session.poll_timeout(),
+                "veltix-sim: {}'s deadline not refiled",
+                n.name
+            );
+            filed += usize::from(c.timeout.is_some());
+            if let Some((id, _)) = c.link.filter(|_| c.session.has_transmit()) {
+                assert!(
+                    self.links.tx.contains(&id),
+                    "veltix-sim: {}'s output not listed",
+                    n.name
+                );
+            }
+            assert!(
+                !(c.dirty || c.held.is_some()) || self.to_service.contains(&i),
+                "veltix-sim: {} left out of service",
+                n.name
+            );
+        }
+        assert_eq!(
+            filed,
+            self.timeouts.len(),
+            "veltix-sim: deadline index out of step"
+        );
+    }
+
+    /// Files the `poll_timeout` of every client called since it was last
+    /// filed (the cache is exact again).
+    fn refile_timeouts(&mut self) {
+        for i in self.stale.drain(..) {
+            let NodeKind::Client(c) = &mut self.nodes[i].kind else {
+                continue;
+            };
+            c.stale = false;
+            let new = c.session.poll_timeout();
+            if new != c.timeout {
+                if let Some(old) = c.timeout {
+                    self.timeouts.remove(&(old, i));
+                }
+                if let Some(x) = new {
+                    self.timeouts.insert((x, i));
+                }
+                c.timeout = new;
+            }
+        }
     }
 
     fn update_partitions(&mut self) {
@@ -225,10 +292,15 @@ impl Sim {
             return;
         };
         c.dirty = true;
-        c.stale = true;
+        if !std::mem::replace(&mut c.stale, true) {
+            self.stale.push(i);
+        }
+        self.to_service.insert(i);
         let Some((id, transport)) = c.link else {
             return;
         };
+        // The session may have output for its transport now.
+        self.links.tx.insert(id);
         if c.session.transport() == Some(transport) {
             return;
         }
@@ -270,7 +342,11 @@ impl Sim {
                     app.on_link(ctx, ClientLinkEvent::Dropped { link, info });
                 });
             }
-            for i in 0..self.nodes.len() {
+            // Every server, and the clients in `to_service`, in node order
+            // (read afresh after each node).
+            let mut next = 0;
+            while let Some(&i) = self.to_service.range(next..).next() {
+                next = i + 1;
                 match &mut self.nodes[i].kind {
                     NodeKind::Server(_) => progress |= self.server_events(i),
                     NodeKind::Client(c) => {
@@ -280,6 +356,10 @@ impl Sim {
                         if std::mem::take(&mut c.dirty) || c.held.is_some() {
                             progress |= self.client_events(i);
                             progress |= self.dial(i);
+                        }
+                        let c = client_of(&mut self.nodes, NodeId::from_index(i));
+                        if !c.dirty && c.held.is_none() {
+                            self.to_service.remove(&i);
                         }
                     }
                 }

@@ -11,6 +11,10 @@ use crate::faults::{Dir, LinkConfig};
 use crate::rng::SimRng;
 use crate::types::{LinkId, LinkInfo, NodeId, PipeInfo};
 
+mod table;
+
+pub(crate) use table::{Links, DUE};
+
 /// One direction of a link: in-order segments with arrival times.
 #[derive(Debug, Default)]
 pub(crate) struct Pipe {
@@ -153,6 +157,8 @@ pub(crate) struct Link {
     pub dead: bool,
     /// The hub named this link's peer in `poll_transmit_ready`.
     pub tx_ready: bool,
+    /// Where [`Links`] filed this link's wake times.
+    pub filed: table::Filed,
 }
 
 impl Link {
@@ -229,44 +235,6 @@ impl Link {
     }
 }
 
-/// The open links, in id order (ids only grow, so pushing keeps the order).
-#[derive(Debug, Default)]
-pub(crate) struct Links(Vec<Link>);
-
-impl Links {
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-    pub fn index(&self, id: LinkId) -> Option<usize> {
-        self.0.binary_search_by_key(&id, |l| l.id).ok()
-    }
-    pub fn get(&self, id: LinkId) -> Option<&Link> {
-        self.index(id).map(|i| &self.0[i])
-    }
-    pub fn get_mut(&mut self, id: LinkId) -> Option<&mut Link> {
-        self.index(id).map(|i| &mut self.0[i])
-    }
-    pub fn at(&self, i: usize) -> &Link {
-        &self.0[i]
-    }
-    pub fn at_mut(&mut self, i: usize) -> &mut Link {
-        &mut self.0[i]
-    }
-    pub fn iter(&self) -> std::slice::Iter<'_, Link> {
-        self.0.iter()
-    }
-    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Link> {
-        self.0.iter_mut()
-    }
-    pub fn push(&mut self, link: Link) {
-        debug_assert!(self.0.last().is_none_or(|l| l.id < link.id));
-        self.0.push(link);
-    }
-    pub fn retain(&mut self, f: impl FnMut(&Link) -> bool) {
-        self.0.retain(f);
-    }
-}
-
 /// A dial swallowed by a partition.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HeldDial {
@@ -316,6 +284,7 @@ mod tests {
             eof: [false; 2],
             dead: false,
             tx_ready: false,
+            filed: Default::default(),
         };
         l.push(Dir::ToServer, now, Bytes::from(vec![7u8; 10_000]), true);
         let p = &l.pipes[0];

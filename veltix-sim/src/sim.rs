@@ -1,6 +1,6 @@
 //! The simulation: [`Sim`], its nodes, and the run API.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ pub(crate) struct ClientNode {
     pub dials: u64,
     /// The session was called since its events and dials were last taken.
     pub dirty: bool,
-    /// `timeout` may be out of date.
+    /// `timeout` may be out of date (the node is in `Sim::stale`).
     pub stale: bool,
     /// The session's `poll_timeout`, cached.
     pub timeout: Option<Instant>,
@@ -96,6 +96,18 @@ pub struct Sim {
     pub(crate) same_instant: u64,
     pub(crate) scratch: Vec<u8>,
     pub(crate) observe: Vec<usize>,
+    pub(crate) due_links: Vec<LinkId>,
+    /// Server nodes, in id order.
+    pub(crate) servers: Vec<usize>,
+    /// Clients whose `stale` went true since their timeouts were filed.
+    pub(crate) stale: Vec<usize>,
+    /// Clients' cached `poll_timeout`s, earliest first.
+    pub(crate) timeouts: BTreeSet<(Instant, usize)>,
+    /// Nodes the service rounds visit: every server, and the clients that
+    /// are `dirty` or hold a dial.
+    pub(crate) to_service: BTreeSet<usize>,
+    /// Scratch: the nodes whose deadlines are due in a step.
+    pub(crate) due_nodes: Vec<usize>,
 }
 
 impl fmt::Debug for Sim {
@@ -134,6 +146,12 @@ impl Sim {
             same_instant: 0,
             scratch: Vec::new(),
             observe: Vec::new(),
+            due_links: Vec::new(),
+            servers: Vec::new(),
+            stale: Vec::new(),
+            timeouts: BTreeSet::new(),
+            to_service: BTreeSet::new(),
+            due_nodes: Vec::new(),
         }
     }
 
@@ -244,7 +262,7 @@ impl Sim {
         hub: Hub,
         app: impl ServerApp + 'static,
     ) -> NodeId {
-        self.add_node(
+        let id = self.add_node(
             name,
             NodeKind::Server(Box::new(ServerNode {
                 hub,
@@ -253,7 +271,10 @@ impl Sim {
                 open: 0,
                 connected: 0,
             })),
-        )
+        );
+        self.servers.push(id.index());
+        self.to_service.insert(id.index());
+        id
     }
 
     /// Adds a client node: a [`ClientSession`] for `config` (retry policy,
@@ -294,7 +315,7 @@ impl Sim {
             "veltix-sim: {server} is not a server node"
         );
         let net = SimRng::derive(self.log.seed, name, STREAM_NET);
-        self.add_node(
+        let id = self.add_node(
             name,
             NodeKind::Client(Box::new(ClientNode {
                 session,
@@ -308,7 +329,10 @@ impl Sim {
                 stale: true,
                 timeout: None,
             })),
-        )
+        );
+        self.stale.push(id.index());
+        self.to_service.insert(id.index());
+        id
     }
 
     /// The node named `name`.

@@ -14,13 +14,19 @@ impl Sim {
     /// resets and flipped bits. (No link opens or goes during delivery, so
     /// indexes are stable.)
     pub(super) fn deliver(&mut self) {
-        for li in 0..self.links.len() {
+        // Only links with something due can move (see `net::table`).
+        self.links.refile(self.log.now);
+        let mut due = std::mem::take(&mut self.due_links);
+        self.links.due_by(self.log.now, &mut due);
+        for &id in &due {
+            let li = self.links.index(id).expect("filed links are open");
             for dir in Dir::BOTH {
                 if !self.deliver_pipe(li, dir) {
                     break;
                 }
             }
         }
+        self.due_links = due;
     }
 
     /// One direction of one link; false when the link is dead.

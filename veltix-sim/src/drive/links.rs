@@ -35,7 +35,9 @@ impl Sim {
         let Some(d) = c.session.poll_dial(now) else {
             return false;
         };
-        c.stale = true;
+        if !std::mem::replace(&mut c.stale, true) {
+            self.stale.push(i);
+        }
         if let Some((l, _)) = c.link {
             self.log.fail(&format_args!(
                 "{}: the session dialled while {l} was still its transport",
@@ -145,6 +147,7 @@ impl Sim {
             eof: [false; 2],
             dead: false,
             tx_ready: true,
+            filed: Default::default(),
         });
         self.log.stats.links += 1;
         let c = client_of(&mut self.nodes, node);
@@ -209,20 +212,30 @@ impl Sim {
         let mut observe = std::mem::take(&mut self.observe);
         observe.clear();
         // The peers the hubs gave output since they were last asked.
-        for n in &mut self.nodes {
-            if let NodeKind::Server(s) = &mut n.kind {
+        for &i in &self.servers {
+            if let NodeKind::Server(s) = &mut self.nodes[i].kind {
                 while let Some(peer) = s.hub.poll_transmit_ready() {
-                    if let Some(l) = s.peers.get(&peer).and_then(|p| self.links.get_mut(p.link)) {
+                    let Some(id) = s.peers.get(&peer).map(|p| p.link) else {
+                        continue;
+                    };
+                    if let Some(l) = self.links.get_mut(id) {
                         l.tx_ready = true;
+                        self.links.tx.insert(id);
                     }
                 }
             }
         }
-        for link in self.links.iter_mut() {
+        // Only links that may have output to move (see `Links::tx`); the
+        // others would be passed over below anyway.
+        let ready = std::mem::take(&mut self.links.tx);
+        for &id in &ready {
+            let Some(li) = self.links.index(id) else {
+                continue;
+            };
+            let link = self.links.at_mut(li);
             if link.dead {
                 continue;
             }
-            let id = link.id;
             let server_side = std::mem::take(&mut link.tx_ready)
                 || link.refusal.is_some()
                 || !link.held[1].is_empty();
@@ -277,6 +290,10 @@ impl Sim {
                     _ => {}
                 }
             }
+            if !link.held[0].is_empty() || !link.held[1].is_empty() || link.refusal.is_some() {
+                self.links.tx.insert(id);
+            }
+            let link = self.links.at_mut(li);
             let c = client_of(&mut self.nodes, link.client);
             if link.client_gone
                 || c.session.transport() != Some(link.transport)
@@ -284,7 +301,9 @@ impl Sim {
             {
                 continue;
             }
-            c.stale = true;
+            if !std::mem::replace(&mut c.stale, true) {
+                self.stale.push(link.client.index());
+            }
             let mut wrote = false;
             loop {
                 while let Some(b) = c.session.poll_transmit() {
@@ -321,8 +340,12 @@ impl Sim {
                     self.nodes[link.client.index()].name
                 ));
             }
+            let (held, client) = (!link.held[0].is_empty(), link.client);
+            if held {
+                self.links.tx.insert(id);
+            }
             if wrote {
-                observe.push(link.client.index());
+                observe.push(client.index());
             }
         }
         for &c in &observe {

@@ -238,3 +238,25 @@ pub use world::TimerId;
 
 #[doc(no_inline)]
 pub use veltix_proto::{ClientSession, Hub};
+
+/// The seeds of a seeded test, by this repository's convention:
+/// `VELTIX_SIM_SEED=S` runs seed `S` only; otherwise `fixed`, plus
+/// `VELTIX_SIM_SEEDS=N` random ones (from the wall clock, printed by the
+/// test so a failure can be replayed).
+///
+/// # Panics
+/// When either variable is set but not a number.
+pub fn seeds_from_env(fixed: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    if let Ok(s) = std::env::var("VELTIX_SIM_SEED") {
+        return vec![s.parse().expect("VELTIX_SIM_SEED is a number")];
+    }
+    let mut v: Vec<u64> = fixed.into_iter().collect();
+    if let Ok(n) = std::env::var("VELTIX_SIM_SEEDS") {
+        let n: u64 = n.parse().expect("VELTIX_SIM_SEEDS is a number");
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        v.extend((0..n).map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9))));
+    }
+    v
+}

@@ -21,20 +21,7 @@ use std::time::Duration;
 
 use sim::{run, Bug, Scenario};
 
-fn seeds(fixed: impl IntoIterator<Item = u64>) -> Vec<u64> {
-    if let Ok(s) = std::env::var("VELTIX_SIM_SEED") {
-        return vec![s.parse().expect("VELTIX_SIM_SEED is a number")];
-    }
-    let mut v: Vec<u64> = fixed.into_iter().collect();
-    if let Ok(n) = std::env::var("VELTIX_SIM_SEEDS") {
-        let n: u64 = n.parse().expect("VELTIX_SIM_SEEDS is a number");
-        let base = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        v.extend((0..n).map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9))));
-    }
-    v
-}
+use veltix_sim::seeds_from_env as seeds;
 
 #[test]
 fn chat_invariants_hold_over_many_seeds() {

@@ -65,18 +65,7 @@ fn policy() -> RetryPolicy {
 }
 
 fn seeds(fixed: &[u64]) -> Vec<u64> {
-    if let Ok(s) = std::env::var("VELTIX_SIM_SEED") {
-        return vec![s.parse().expect("VELTIX_SIM_SEED is a number")];
-    }
-    let mut v = fixed.to_vec();
-    if let Ok(n) = std::env::var("VELTIX_SIM_SEEDS") {
-        let n: u64 = n.parse().expect("VELTIX_SIM_SEEDS is a number");
-        let base = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        v.extend((0..n).map(|i| base.wrapping_add(i.wrapping_mul(0x9E37_79B9))));
-    }
-    v
+    veltix_sim::seeds_from_env(fixed.iter().copied())
 }
 
 /// A network to simulate.
